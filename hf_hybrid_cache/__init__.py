@@ -1,0 +1,1 @@
+"""Prefix caching for hybrid linear-attention models (Qwen3-Next) in Hugging Face transformers."""
