@@ -2,3 +2,21 @@
 
 Installed as `hf_hybrid_cache.kernels`; nothing here imports transformers.
 """
+
+from .dispatch import (
+    causal_conv1d,
+    causal_conv1d_update,
+    chunk_gated_delta_rule,
+    paged_kv_gather,
+    paged_kv_write,
+    recurrent_gated_delta_rule,
+)
+
+__all__ = [
+    "causal_conv1d",
+    "causal_conv1d_update",
+    "chunk_gated_delta_rule",
+    "paged_kv_gather",
+    "paged_kv_write",
+    "recurrent_gated_delta_rule",
+]

@@ -1,0 +1,171 @@
+"""Plain PyTorch references for every op in this package: the test oracles, written for clarity, not speed.
+
+Each `<op>_ref` has the signature and return convention of the public `<op>` in `dispatch.py`.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(sum(x^2) + eps) over the last dim, as fla and transformers compute it."""
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+def _empty_checkpoints(batch_size, *shape, like: torch.Tensor) -> torch.Tensor:
+    return like.new_zeros((0, batch_size, *shape))
+
+
+def chunk_gated_delta_rule_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    checkpoint_offsets: list[int] | tuple[int, ...] = (),
+    use_qk_l2norm: bool = True,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gated delta rule, one token at a time, in fp32.
+
+    Per value head h and token t (S is [K, V]):
+        S = S * exp(g_t);  S = S + k_t (beta_t (v_t - k_t^T S))^T;  o_t = scale * q_t^T S
+
+    Args:
+        q, k: `[B, T, Hk, K]`; v: `[B, T, Hv, V]` with Hv a multiple of Hk (value head h reads key head
+            h // (Hv // Hk)); g (log decay, <= 0), beta: `[B, T, Hv]`.
+        initial_state: `[B, Hv, K, V]` or None (zeros).
+        checkpoint_offsets: strictly increasing ints in [1, T]: also return the state after that many tokens.
+        use_qk_l2norm: L2-normalise q and k per head first. scale: defaults to K ** -0.5.
+
+    Returns:
+        o `[B, T, Hv, V]` in q's dtype, the final state `[B, Hv, K, V]` fp32, and the checkpoint states
+        `[len(checkpoint_offsets), B, Hv, K, V]` fp32.
+    """
+    out_dtype = q.dtype
+    batch_size, seq_len, num_k_heads, head_k_dim = k.shape
+    num_v_heads = v.shape[2]
+    group_size = num_v_heads // num_k_heads
+    scale = head_k_dim**-0.5 if scale is None else scale
+    q, k = (x.float().repeat_interleave(group_size, dim=2) for x in (q, k))
+    if use_qk_l2norm:
+        q, k = l2_normalize(q), l2_normalize(k)
+    v, g, beta = v.float(), g.float(), beta.float()
+
+    state = (
+        torch.zeros(batch_size, num_v_heads, head_k_dim, v.shape[-1], dtype=torch.float32, device=v.device)
+        if initial_state is None
+        else initial_state.float().clone()
+    )
+    outputs, checkpoints = [], []
+    wanted = set(checkpoint_offsets)
+    for t in range(seq_len):
+        state = state * g[:, t].exp()[..., None, None]
+        predicted = torch.einsum("bhk,bhkv->bhv", k[:, t], state)
+        delta = beta[:, t, :, None] * (v[:, t] - predicted)
+        state = state + k[:, t, :, :, None] * delta[:, :, None, :]
+        outputs.append(scale * torch.einsum("bhk,bhkv->bhv", q[:, t], state))
+        if t + 1 in wanted:
+            checkpoints.append(state.clone())
+    o = torch.stack(outputs, dim=1).to(out_dtype)
+    checkpoint_states = (
+        torch.stack(checkpoints) if checkpoints else _empty_checkpoints(batch_size, *state.shape[1:], like=state)
+    )
+    return o, state, checkpoint_states
+
+
+def recurrent_gated_delta_rule_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor,
+    use_qk_l2norm: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """A few decode steps; `state` `[B, Hv, K, V]` fp32 is updated in place. Returns o `[B, T, Hv, V]`."""
+    o, final_state, _ = chunk_gated_delta_rule_ref(
+        q, k, v, g, beta, initial_state=state, use_qk_l2norm=use_qk_l2norm, scale=scale
+    )
+    state.copy_(final_state)
+    return o
+
+
+def causal_conv1d_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    conv_state: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    checkpoint_offsets: list[int] | tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv1d over `[conv_state | x]`, optionally followed by SiLU.
+
+    Args:
+        x: `[B, D, T]`; weight: `[D, W]`; bias: `[D]` or None.
+        conv_state: `[B, D, W]`, the last W inputs before x (zeros when None), as transformers keeps it.
+        checkpoint_offsets: strictly increasing ints in [1, T].
+
+    Returns:
+        out `[B, D, T]` in x's dtype, the new conv state `[B, D, W]` (the last W inputs of `[conv_state | x]`),
+        and the conv states after each checkpoint offset `[N, B, D, W]`.
+    """
+    batch_size, dim, seq_len = x.shape
+    width = weight.shape[1]
+    if conv_state is None:
+        conv_state = x.new_zeros(batch_size, dim, width)
+    full = torch.cat([conv_state.to(x.dtype), x], dim=-1)
+    out = F.conv1d(full.to(weight.dtype), weight.unsqueeze(1), bias, groups=dim)[..., -seq_len:]
+    if activation == "silu":
+        out = F.silu(out)
+    elif activation is not None:
+        raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+    checkpoints = [full[..., offset : offset + width] for offset in checkpoint_offsets]
+    checkpoint_states = (
+        torch.stack(checkpoints) if checkpoints else _empty_checkpoints(batch_size, dim, width, like=full)
+    )
+    return out.to(x.dtype), full[..., -width:].clone(), checkpoint_states
+
+
+def causal_conv1d_update_ref(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+) -> torch.Tensor:
+    """Decode step(s): x `[B, D, T]` (T small); `conv_state` `[B, D, W]` is updated in place. Returns `[B, D, T]`."""
+    out, new_state, _ = causal_conv1d_ref(x, weight, bias, conv_state=conv_state, activation=activation)
+    conv_state.copy_(new_state)
+    return out
+
+
+def paged_kv_write_ref(pages: torch.Tensor, page_ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Copy whole blocks of K/V into pages.
+
+    Args:
+        pages: `[num_pages, 2, H, block_size, D]` (index 0 keys, 1 values), written in place.
+        page_ids: `[n]` int64, the page of each block.
+        keys, values: `[H, n * block_size, D]`.
+    """
+    num_heads, _, head_dim = keys.shape
+    block_size = pages.shape[3]
+    for i, page_id in enumerate(page_ids.tolist()):
+        pages[page_id, 0] = keys[:, i * block_size : (i + 1) * block_size]
+        pages[page_id, 1] = values[:, i * block_size : (i + 1) * block_size]
+
+
+def paged_kv_gather_ref(pages: torch.Tensor, page_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate pages into contiguous K/V.
+
+    Args:
+        pages: `[num_pages, 2, H, block_size, D]`; page_ids: `[n]` int64.
+
+    Returns:
+        keys, values: `[H, n * block_size, D]`.
+    """
+    keys = torch.cat([pages[page_id, 0] for page_id in page_ids.tolist()], dim=1)
+    values = torch.cat([pages[page_id, 1] for page_id in page_ids.tolist()], dim=1)
+    return keys, values
