@@ -64,3 +64,53 @@ def tiny_qwen3_next(
     # Name the model so its fingerprint (and error messages) say where it came from.
     model.config.name_or_path = f"tiny-qwen3-next(seed={seed})"
     return model.to(dtype).eval()
+
+
+# Special tokens of the byte-level tokenizer, at the ids the tiny config declares (pad 0, bos 1, eos 2).
+# eos is the end-of-turn marker, so generation stops where a chat turn ends.
+TINY_SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|im_end|>", "<|im_start|>")
+# Byte b has id BYTE_TOKEN_OFFSET + b; the ids above the 256 bytes are reserved up to the vocab size.
+BYTE_TOKEN_OFFSET = len(TINY_SPECIAL_TOKENS)
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_byte_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
+    """A byte-level `PreTrainedTokenizerFast` for the tiny models, built offline with `tokenizers`.
+
+    Ids: 0 `<|pad|>`, 1 `<|bos|>`, 2 `<|im_end|>` (eos), 3 `<|im_start|>`, then the 256 bytes in byte
+    order, then `<|reserved_i|>` up to `vocab_size`, so every id the model can emit decodes. Any text
+    encodes (no unknown token) and decodes back to itself; the chat template is Qwen's ChatML layout.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    num_reserved = vocab_size - BYTE_TOKEN_OFFSET - 256
+    if num_reserved < 0:
+        raise ValueError(f"vocab_size={vocab_size} is too small: the byte tokenizer needs {BYTE_TOKEN_OFFSET + 256}")
+    reserved = tuple(f"<|reserved_{i}|>" for i in range(num_reserved))
+    byte_chars = bytes_to_unicode()  # byte -> printable stand-in, the alphabet ByteLevel maps bytes to
+    vocab = {token: token_id for token_id, token in enumerate(TINY_SPECIAL_TOKENS)}
+    vocab.update({byte_chars[b]: BYTE_TOKEN_OFFSET + b for b in range(256)})
+    vocab.update({token: BYTE_TOKEN_OFFSET + 256 + i for i, token in enumerate(reserved)})
+
+    # No merges: every byte is one token, which keeps prompts long enough to fill cache blocks.
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    # Registered as special so they are matched whole in text (the chat template writes them as text).
+    specials = (*TINY_SPECIAL_TOKENS, *reserved)
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=TINY_SPECIAL_TOKENS[0],
+        bos_token=TINY_SPECIAL_TOKENS[1],
+        eos_token=TINY_SPECIAL_TOKENS[2],
+        chat_template=TINY_CHAT_TEMPLATE,
+        model_max_length=tiny_qwen3_next_config().max_position_embeddings,
+    )
