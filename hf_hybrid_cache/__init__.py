@@ -1,1 +1,14 @@
-"""Prefix caching for hybrid linear-attention models (Qwen3-Next) in Hugging Face transformers."""
+"""Prefix caching for hybrid linear-attention models (Qwen3-Next) in Hugging Face transformers.
+
+    import hf_hybrid_cache as hhc
+    hhc.patch(model)
+    cache = hhc.HybridPrefixCache(model)            # shares the process-wide PrefixStore
+    model.generate(input_ids, past_key_values=cache, max_new_tokens=32)
+    cache.num_cached_tokens                          # prompt tokens served from the store
+"""
+
+from .cache import HybridPrefixCache
+from .patching import patch
+from .prefix_store import PrefixStore, get_default_store, set_default_store
+
+__all__ = ["HybridPrefixCache", "PrefixStore", "get_default_store", "patch", "set_default_store"]

@@ -1,0 +1,50 @@
+"""Chained block digests and model fingerprints: the keys of the prefix store.
+
+A block's key digests its parent's key and its own token ids, so equal keys mean equal whole prefixes.
+The chain starts from a root that digests the model fingerprint and the namespace.
+"""
+
+import hashlib
+
+import torch
+
+DIGEST_SIZE = 16  # 128-bit keys: collisions are out of reach for any store that fits in memory
+
+
+def _digest(*parts: bytes) -> bytes:
+    hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
+    for part in parts:
+        # Length-prefix each part so that ("ab", "c") and ("a", "bc") never digest alike.
+        hasher.update(len(part).to_bytes(8, "little"))
+        hasher.update(part)
+    return hasher.digest()
+
+
+def root_key(model_fingerprint: bytes, namespace: str | None) -> bytes:
+    """The key every chain starts from: entries of different models or namespaces never meet."""
+    return _digest(b"hf_hybrid_cache/root", model_fingerprint, (namespace or "").encode())
+
+
+def block_keys(root: bytes, token_ids: torch.Tensor, block_size: int) -> list[bytes]:
+    """Keys of the complete blocks of `token_ids` (`[num_tokens]` int), in order; a partial tail has none."""
+    token_bytes = token_ids.detach().to("cpu", torch.int64).numpy().tobytes()
+    stride = block_size * 8
+    keys, parent = [], root
+    for block_idx in range(len(token_ids) // block_size):
+        parent = _digest(parent, token_bytes[block_idx * stride : (block_idx + 1) * stride])
+        keys.append(parent)
+    return keys
+
+
+def model_fingerprint(model: torch.nn.Module) -> bytes:
+    """Digest of the config, dtype, devices and a sample of every parameter's values.
+
+    Reading all weights of an 80B model would take seconds; the first and last values of each tensor
+    are enough to tell apart two checkpoints (or two random initialisations) of one architecture.
+    """
+    parts = [model.config.to_json_string(use_diff=False).encode()]
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        sample = torch.cat([flat[:16], flat[-16:]]).to("cpu", torch.float32)
+        parts += [name.encode(), str(param.dtype).encode(), str(param.device).encode(), sample.numpy().tobytes()]
+    return _digest(*parts)

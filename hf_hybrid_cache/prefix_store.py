@@ -1,0 +1,360 @@
+"""The prefix store: K/V pages and GDN snapshots of complete blocks, shared by every cache that uses it.
+
+Blocks form a tree through their chained keys (see `hashing.py`); a block holds one K/V page for all
+attention layers and, optionally, one snapshot of all GDN layers (the state after its last token).
+Live caches pin the blocks they were served from; eviction is least-recently-used, leaves first, and
+drops a snapshot alone ("tombstone") when the block's page is still needed by its children.
+Everything here runs under one lock; tensors are copied in and out by the cache (see `cache.py`).
+"""
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .layout import ModelLayout
+from .slot_pool import SlotPool, SlotSpec
+
+MAMBA_CACHE_MODES = ("none", "align", "all")
+DEFAULT_BLOCK_SIZE = 64
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+@dataclass(eq=False)
+class Block:
+    """One complete block of a cached prefix."""
+
+    key: bytes
+    parent: "Block | None"
+    page_id: int
+    snapshot_id: int | None = None
+    num_children: int = 0
+    # Live caches (and a publish in progress) holding this block; a pinned block is never evicted.
+    num_pins: int = 0
+
+
+@dataclass
+class Hit:
+    """The blocks a request is served from: `blocks[i]` covers tokens `[i * block_size, (i+1) * block_size)`,
+    and the last one carries the snapshot. Pinned until `PrefixStore.release`."""
+
+    blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def page_ids(self) -> list[int]:
+        return [block.page_id for block in self.blocks]
+
+    @property
+    def snapshot_id(self) -> int | None:
+        return self.blocks[-1].snapshot_id if self.blocks else None
+
+
+class PrefixStore:
+    """K/V pages and GDN snapshots keyed by chained block digests, bounded by `max_bytes`, thread-safe.
+
+    Args:
+        block_size: tokens per block: the K/V page size and the interval between GDN snapshots.
+            Any value >= 1 is exact; larger blocks cost fewer snapshots and give coarser hits.
+        mamba_cache_mode: where GDN states are saved. "none": never (a hybrid model gets no hits);
+            "align": once per request, at the last block boundary before the final prompt token, and at
+            each boundary reached while generating; "all": at every boundary crossed.
+        max_bytes: bound on pages and snapshots together; least-recently-used blocks go first.
+
+    The first cache bound to a store fixes its model layout (shapes, dtype, devices); a model with
+    another layout needs its own store. Entries of different models or namespaces never hit each other.
+    """
+
+    def __init__(
+        self,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        mamba_cache_mode: str = "align",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ):
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size must be an int >= 1 (for example 64 or 560), got {block_size!r}")
+        if mamba_cache_mode not in MAMBA_CACHE_MODES:
+            raise ValueError(f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {mamba_cache_mode!r}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"max_bytes must be a positive int (for example 256 << 20), got {max_bytes!r}")
+        self.block_size = block_size
+        self.mamba_cache_mode = mamba_cache_mode
+        self.max_bytes = max_bytes
+        self.layout: ModelLayout | None = None
+        self._lock = threading.RLock()
+        self._pages: SlotPool | None = None
+        self._snapshots: SlotPool | None = None
+        # Least recently used first.
+        self._blocks: OrderedDict[bytes, Block] = OrderedDict()
+        self._counters = dict(queries=0, query_tokens=0, hit_tokens=0, evictions=0)
+
+    def __repr__(self) -> str:
+        stats = self.stats()
+        return (
+            f"PrefixStore(block_size={self.block_size}, mamba_cache_mode={self.mamba_cache_mode!r}, "
+            f"blocks={stats['blocks']}, snapshots={stats['snapshots']}, "
+            f"bytes_used={stats['bytes_used']:,}/{self.max_bytes:,}, hit_rate={stats['hit_rate']:.2f})"
+        )
+
+    # -- binding -------------------------------------------------------------------------------------
+
+    def bind(self, layout: ModelLayout) -> None:
+        """Fix the store's layout on first use; refuse a model whose cache has another layout."""
+        with self._lock:
+            if self.layout is None:
+                page_specs = [
+                    SlotSpec((2, spec.num_kv_heads, self.block_size, spec.head_dim), spec.dtype, spec.device)
+                    for spec in layout.attention
+                ]
+                snapshot_specs = []
+                for spec in layout.linear:
+                    snapshot_specs.append(SlotSpec((spec.conv_dim, spec.conv_width), spec.dtype, spec.device))
+                    snapshot_specs.append(
+                        SlotSpec((spec.num_heads, spec.head_k_dim, spec.head_v_dim), torch.float32, spec.device)
+                    )
+                page_bytes = sum(spec.num_bytes for spec in page_specs)
+                snapshot_bytes = sum(spec.num_bytes for spec in snapshot_specs)
+                needed = page_bytes + snapshot_bytes
+                if self.max_bytes < needed:
+                    raise ValueError(
+                        f"max_bytes={self.max_bytes:,} cannot hold one block of this model: one K/V page takes "
+                        f"{page_bytes:,} bytes and one GDN snapshot {snapshot_bytes:,} bytes at "
+                        f"block_size={self.block_size}. Use max_bytes >= {needed:,} (many times that to be useful)."
+                    )
+                self._pages = SlotPool(page_specs, max_slots=self.max_bytes // max(page_bytes, 1))
+                self._snapshots = SlotPool(snapshot_specs, max_slots=self.max_bytes // max(snapshot_bytes, 1))
+                self.layout = layout
+            elif layout != self.layout:
+                raise ValueError(
+                    f"This PrefixStore holds blocks for {self.layout.describe()}, but the model is "
+                    f"{layout.describe()}. Give each model (or dtype/device placement) its own store: "
+                    "HybridPrefixCache(model, store=PrefixStore(...))."
+                )
+
+    @property
+    def page_bytes(self) -> int:
+        return self._pages.slot_bytes if self._pages else 0
+
+    @property
+    def snapshot_bytes(self) -> int:
+        return self._snapshots.slot_bytes if self._snapshots else 0
+
+    @property
+    def bytes_used(self) -> int:
+        if self._pages is None:
+            return 0
+        return self._pages.num_used * self.page_bytes + self._snapshots.num_used * self.snapshot_bytes
+
+    # -- lookup ----------------------------------------------------------------------------------------
+
+    def lookup(self, keys: list[bytes], num_query_tokens: int) -> Hit:
+        """Pin and return the longest chain of `keys` that ends on a block with a snapshot.
+
+        `keys` are the block keys of the usable prefix (the caller leaves at least one token to compute).
+        """
+        with self._lock:
+            self._counters["queries"] += 1
+            self._counters["query_tokens"] += num_query_tokens
+            chain, best = [], 0
+            for key in keys:
+                block = self._blocks.get(key)
+                if block is None:
+                    break
+                chain.append(block)
+                if block.snapshot_id is not None:
+                    best = len(chain)
+            hit = Hit(chain[:best])
+            for block in hit.blocks:
+                block.num_pins += 1
+            self._touch(hit.blocks)
+            self._counters["hit_tokens"] += best * self.block_size
+            return hit
+
+    def release(self, hit: Hit) -> None:
+        """Unpin the blocks of `hit`; call once per `lookup`."""
+        with self._lock:
+            for block in hit.blocks:
+                block.num_pins -= 1
+            hit.blocks = []
+
+    def read_pages(self, hit: Hit) -> list[torch.Tensor]:
+        """The K/V of `hit`'s blocks per attention layer, `[num_blocks, 2, num_kv_heads, block_size, head_dim]`.
+
+        Safe without the lock: pinned pages are never freed nor rewritten.
+        """
+        page_ids = torch.tensor(hit.page_ids, dtype=torch.long)
+        return [pages.index_select(0, page_ids.to(pages.device)) for pages in self._pages.tensors]
+
+    def read_snapshot(self, hit: Hit) -> list[torch.Tensor]:
+        """The snapshot of `hit`'s last block: per GDN layer, conv state then SSM state (copies)."""
+        return [states[hit.snapshot_id].clone() for states in self._snapshots.tensors]
+
+    # -- publish ---------------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        keys: list[bytes],
+        write_page: Callable[[int, list[torch.Tensor]], None],
+        snapshots: dict[int, Callable[[list[torch.Tensor], int], None]],
+    ) -> int:
+        """Insert the blocks of one request, reusing those already present.
+
+        Args:
+            keys: block keys of the request's complete blocks, in order.
+            write_page: `write_page(block_idx, page_tensors)` copies block `block_idx`'s K/V into the given
+                slot views (one `[2, num_kv_heads, block_size, head_dim]` per attention layer).
+            snapshots: block index -> `write(snapshot_tensors)` copying the state after that block into the
+                given slot views (per GDN layer: conv, then SSM).
+
+        Returns:
+            the number of blocks newly inserted. A block becomes visible only once fully written; when
+            the budget is exhausted (all else pinned) publishing stops at that block.
+        """
+        with self._lock:
+            chain: list[Block] = []
+            inserted = 0
+            try:
+                for block_idx, key in enumerate(keys):
+                    block = self._blocks.get(key)
+                    if block is None:
+                        block = self._insert_block(key, chain[-1] if chain else None, block_idx, write_page)
+                        if block is None:
+                            break
+                        inserted += 1
+                    # Pinned while this publish runs, so making room for the next block never evicts it.
+                    block.num_pins += 1
+                    chain.append(block)
+                    write_snapshot = snapshots.get(block_idx)
+                    if write_snapshot is not None and block.snapshot_id is None:
+                        block.snapshot_id = self._write_slot(self._snapshots, write_snapshot)
+            finally:
+                for block in chain:
+                    block.num_pins -= 1
+                self._touch(chain)
+            return inserted
+
+    def _insert_block(self, key, parent, block_idx, write_page) -> Block | None:
+        page_id = self._write_slot(self._pages, lambda views: write_page(block_idx, views))
+        if page_id is None:
+            return None
+        block = Block(key=key, parent=parent, page_id=page_id)
+        if parent is not None:
+            parent.num_children += 1
+        self._blocks[key] = block
+        return block
+
+    def _write_slot(self, pool: SlotPool, write: Callable[[list[torch.Tensor]], None]) -> int | None:
+        """Allocate a slot (evicting if needed), fill it, and return its id; None when nothing can be evicted.
+        A failed write frees the slot, so no half-written entry ever exists."""
+        if not self._make_room(pool.slot_bytes):
+            return None
+        slot_id = pool.allocate()
+        if slot_id is None:
+            return None
+        try:
+            write([tensor[slot_id] for tensor in pool.tensors])
+        except BaseException:
+            pool.free(slot_id)
+            raise
+        return slot_id
+
+    # -- eviction --------------------------------------------------------------------------------------
+
+    def _make_room(self, num_bytes: int) -> bool:
+        while self.bytes_used + num_bytes > self.max_bytes:
+            if not self._evict_one():
+                return False
+        return True
+
+    def _evict_one(self) -> bool:
+        """Evict the least recently used unpinned leaf, or the snapshot of an inner block, whichever
+        comes first in LRU order. Returns False when everything is pinned or needed."""
+        for block in self._blocks.values():
+            if block.num_pins:
+                continue
+            if block.num_children == 0:
+                self._remove_block(block)
+                return True
+            if block.snapshot_id is not None:
+                self._snapshots.free(block.snapshot_id)
+                block.snapshot_id = None
+                self._counters["evictions"] += 1
+                return True
+        return False
+
+    def _remove_block(self, block: Block, count_eviction: bool = True) -> None:
+        del self._blocks[block.key]
+        self._pages.free(block.page_id)
+        if block.snapshot_id is not None:
+            self._snapshots.free(block.snapshot_id)
+        if block.parent is not None:
+            block.parent.num_children -= 1
+        self._counters["evictions"] += count_eviction
+
+    def _touch(self, chain: list[Block]) -> None:
+        # Deepest first, so that an ancestor always ranks as more recent than its descendants and
+        # eviction peels a chain from its tail.
+        for block in reversed(chain):
+            self._blocks.move_to_end(block.key)
+
+    # -- inspection ------------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Counters and sizes: queries, query_tokens, hit_tokens, hit_rate, blocks, snapshots,
+        pinned_blocks, bytes_used, max_bytes, page_bytes, snapshot_bytes, evictions, block_size, mode."""
+        with self._lock:
+            query_tokens = self._counters["query_tokens"]
+            return dict(
+                **self._counters,
+                hit_rate=self._counters["hit_tokens"] / query_tokens if query_tokens else 0.0,
+                blocks=len(self._blocks),
+                snapshots=self._snapshots.num_used if self._snapshots else 0,
+                pinned_blocks=sum(1 for block in self._blocks.values() if block.num_pins),
+                bytes_used=self.bytes_used,
+                max_bytes=self.max_bytes,
+                page_bytes=self.page_bytes,
+                snapshot_bytes=self.snapshot_bytes,
+                block_size=self.block_size,
+                mamba_cache_mode=self.mamba_cache_mode,
+            )
+
+    def lru_keys(self) -> list[bytes]:
+        """Block keys, least recently used first (for tests and inspection)."""
+        with self._lock:
+            return list(self._blocks)
+
+    def clear(self) -> None:
+        """Drop every unpinned block (pinned ones stay until their caches finish)."""
+        with self._lock:
+            while self._evict_leaf_unpinned():
+                pass
+
+    def _evict_leaf_unpinned(self) -> bool:
+        for block in self._blocks.values():
+            if not block.num_pins and block.num_children == 0:
+                self._remove_block(block, count_eviction=False)
+                return True
+        return False
+
+
+_default_store: PrefixStore | None = None
+_default_store_lock = threading.Lock()
+
+
+def get_default_store() -> PrefixStore:
+    """The process-wide store shared by every `HybridPrefixCache` created without `store=`."""
+    global _default_store
+    with _default_store_lock:
+        if _default_store is None:
+            _default_store = PrefixStore()
+        return _default_store
+
+
+def set_default_store(store: PrefixStore | None) -> None:
+    """Replace the process-wide store (None: a fresh default one is made on next use)."""
+    global _default_store
+    if store is not None and not isinstance(store, PrefixStore):
+        raise TypeError(f"set_default_store expects a PrefixStore or None, got {type(store).__name__}")
+    with _default_store_lock:
+        _default_store = store
