@@ -1,0 +1,117 @@
+"""Argument checks shared by every path of every op (reference, fast CPU, Triton), run once in `dispatch.py`.
+
+Shapes and values raise ValueError, dtypes raise TypeError; each message says what to pass instead.
+Checks that only the Triton launchers need (CUDA device, contiguity of in-place tensors) live in `launch.py`.
+"""
+
+import operator
+from collections.abc import Sequence
+
+import torch
+
+
+def _shape(name: str, x: torch.Tensor, expected: tuple, names: str) -> None:
+    """Fail unless `x.shape == expected`; `names` spells the dims, e.g. "[B, T, Hv]"."""
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {names} = {list(expected)}, got {list(x.shape)}")
+
+
+def _ndim(name: str, x: torch.Tensor, ndim: int, names: str) -> None:
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {names}, got shape {list(x.shape)}")
+
+
+def _floating(**tensors: torch.Tensor | None) -> None:
+    for name, x in tensors.items():
+        if x is not None and not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; pass {name}.float()")
+
+
+def _same_device(**tensors: torch.Tensor | None) -> None:
+    devices = {name: x.device for name, x in tensors.items() if x is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listing}; move them with .to(device)")
+
+
+def normalize_offsets(checkpoint_offsets: Sequence[int], seq_len: int) -> tuple[int, ...]:
+    """Checkpoint offsets count consumed tokens: strictly increasing ints in [1, seq_len], returned as a tuple.
+
+    Anything with `__index__` (numpy ints, 0-d integer tensors) is accepted and turned into a Python int.
+    """
+    try:
+        offsets = tuple(operator.index(offset) for offset in checkpoint_offsets)
+    except TypeError:
+        raise TypeError(f"checkpoint_offsets must be ints, got {checkpoint_offsets!r}; pass tensor.tolist()") from None
+    if any(b <= a for a, b in zip(offsets, offsets[1:])) or (offsets and not 1 <= offsets[0] <= offsets[-1] <= seq_len):
+        raise ValueError(f"checkpoint_offsets must be strictly increasing ints in [1, {seq_len}], got {list(offsets)}")
+    return offsets
+
+
+def check_gated_delta_rule(q, k, v, g, beta, state=None, state_name="initial_state") -> None:
+    """q, k `[B, T, Hk, K]`; v `[B, T, Hv, V]` with Hv % Hk == 0; g, beta `[B, T, Hv]`; state `[B, Hv, K, V]`."""
+    _ndim("q", q, 4, "[B, T, Hk, K]")
+    _ndim("v", v, 4, "[B, T, Hv, V]")
+    batch_size, seq_len, num_k_heads, head_k_dim = q.shape
+    num_v_heads, head_v_dim = v.shape[2:]
+    _shape("k", k, q.shape, "[B, T, Hk, K] (as q)")
+    _shape("v", v, (batch_size, seq_len, num_v_heads, head_v_dim), "[B, T, Hv, V] (B, T as q)")
+    if seq_len < 1:
+        raise ValueError("the sequence is empty (T = 0); skip the call instead")
+    if num_v_heads % num_k_heads:
+        raise ValueError(f"Hv = {num_v_heads} value heads must be a multiple of Hk = {num_k_heads} key heads")
+    _shape("g", g, (batch_size, seq_len, num_v_heads), "[B, T, Hv]")
+    _shape("beta", beta, (batch_size, seq_len, num_v_heads), "[B, T, Hv]")
+    if state is not None:
+        _shape(state_name, state, (batch_size, num_v_heads, head_k_dim, head_v_dim), "[B, Hv, K, V]")
+    _floating(q=q, k=k, v=v, g=g, beta=beta, **{state_name: state})
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them alike")
+    _same_device(q=q, k=k, v=v, g=g, beta=beta, **{state_name: state})
+
+
+def check_recurrent_state(state: torch.Tensor) -> None:
+    """The decode state is updated in place, so it must already be the fp32 tensor the cache keeps."""
+    if state.dtype != torch.float32:
+        raise TypeError(f"state must be float32 (it is updated in place), got {state.dtype}; keep it as fp32")
+
+
+def check_causal_conv1d(x, weight, bias, conv_state, activation) -> None:
+    """x `[B, D, T]`; weight `[D, W]`; bias `[D]`; conv_state `[B, D, W]`."""
+    _ndim("x", x, 3, "[B, D, T]")
+    _ndim("weight", weight, 2, "[D, W]")
+    batch_size, dim, seq_len = x.shape
+    width = weight.shape[1]
+    if seq_len < 1:
+        raise ValueError("the sequence is empty (T = 0); skip the call instead")
+    _shape("weight", weight, (dim, width), "[D, W] (D as x's dim 1)")
+    if bias is not None:
+        _shape("bias", bias, (dim,), "[D]")
+    if conv_state is not None:
+        _shape("conv_state", conv_state, (batch_size, dim, width), "[B, D, W]")
+    if activation not in ("silu", None):
+        raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+    _floating(x=x, weight=weight, bias=bias, conv_state=conv_state)
+    _same_device(x=x, weight=weight, bias=bias, conv_state=conv_state)
+
+
+def check_paged_kv(pages: torch.Tensor, page_ids: torch.Tensor, keys=None, values=None) -> None:
+    """pages `[num_pages, 2, H, block_size, D]`; page_ids `[n]` int64 in range; keys, values `[H, n * block_size, D]`."""
+    _ndim("pages", pages, 5, "[num_pages, 2, H, block_size, D]")
+    num_pages, two, num_heads, block_size, head_dim = pages.shape
+    if two != 2:
+        raise ValueError(f"pages dim 1 must be 2 (keys, values), got shape {list(pages.shape)}")
+    _ndim("page_ids", page_ids, 1, "[n]")
+    if page_ids.dtype != torch.int64:
+        raise TypeError(f"page_ids must be int64, got {page_ids.dtype}; pass page_ids.long()")
+    _same_device(pages=pages, page_ids=page_ids, keys=keys, values=values)
+    # An out-of-range id would make a kernel read or write outside `pages`; the check costs one sync.
+    if page_ids.numel() and not 0 <= int(page_ids.min()) <= int(page_ids.max()) < num_pages:
+        raise ValueError(f"page_ids must lie in [0, {num_pages}), got {page_ids.tolist()}")
+    expected = (num_heads, page_ids.numel() * block_size, head_dim)
+    for name, x in (("keys", keys), ("values", values)):
+        if x is None:
+            continue
+        _shape(name, x, expected, "[H, n * block_size, D]")
+        if x.dtype != pages.dtype:
+            raise TypeError(f"{name} must have pages' dtype {pages.dtype}, got {x.dtype}; pass {name}.to(pages.dtype)")
