@@ -1,0 +1,53 @@
+"""Tiny Qwen3-Next models (fixed seeds) and the cold `DynamicCache` oracle every cached run is held to."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import hf_hybrid_cache as hhc
+from hf_hybrid_cache.tiny import tiny_qwen3_next
+
+FIRST_LOGITS_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="session")
+def cold_model():
+    """Unpatched: transformers' own code path."""
+    return tiny_qwen3_next(seed=0)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The same weights, patched."""
+    return hhc.patch(tiny_qwen3_next(seed=0))
+
+
+def random_tokens(num_tokens: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    # Ids 3.. avoid pad/bos/eos, so generation never stops early.
+    return torch.randint(3, 300, (num_tokens,), generator=generator)
+
+
+def generate(model, input_ids, cache, attention_mask=None, **kwargs):
+    """Greedy by default; returns generate's dict output with per-step logits."""
+    kwargs.setdefault("max_new_tokens", 6)
+    kwargs.setdefault("do_sample", False)
+    return model.generate(
+        input_ids,
+        attention_mask=attention_mask if attention_mask is not None else torch.ones_like(input_ids),
+        past_key_values=cache,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        **kwargs,
+    )
+
+
+def cold_generate(cold_model, input_ids, attention_mask=None, **kwargs):
+    return generate(cold_model, input_ids, DynamicCache(config=cold_model.config), attention_mask, **kwargs)
+
+
+def assert_same_as_cold(output, cold_output):
+    assert torch.equal(output.sequences, cold_output.sequences)
+    max_diff = (output.logits[0] - cold_output.logits[0]).abs().max().item()
+    assert max_diff < FIRST_LOGITS_TOLERANCE, f"first-step logits differ by {max_diff}"
