@@ -1,0 +1,34 @@
+"""The kernel tests really run Triton kernels, interpreted: conftest set TRITON_INTERPRET=1 in time."""
+
+import os
+
+import pytest
+import torch
+
+from hf_hybrid_cache.kernels import chunk_triton, conv_triton, launch, paged_triton, recurrent_triton
+
+KERNELS = {
+    "chunk_wy": chunk_triton.chunk_gated_delta_rule_wy_kernel,
+    "chunk": chunk_triton.chunk_gated_delta_rule_kernel,
+    "recurrent": recurrent_triton.recurrent_gated_delta_rule_kernel,
+    "conv": conv_triton.causal_conv1d_kernel,
+    "conv_states": conv_triton.causal_conv1d_states_kernel,
+    "conv_update": conv_triton.causal_conv1d_update_kernel,
+    "paged_write": paged_triton.paged_kv_write_kernel,
+    "paged_gather": paged_triton.paged_kv_gather_kernel,
+}
+
+
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+def test_kernel_is_interpreted(kernel):
+    assert os.environ["TRITON_INTERPRET"] == "1"
+    assert launch.is_interpreted(kernel)
+
+
+def test_an_interpreted_launch_writes_its_output():
+    """conftest makes torch.empty NaN-filled, so a finite result means the kernel's grid ran and wrote it."""
+    pages = torch.randn(3, 2, 1, 4, 16)
+    assert torch.empty(1).isnan().all()
+    keys, values = paged_triton.paged_kv_gather_triton(pages, torch.tensor([2, 0]))
+    assert torch.equal(keys, torch.cat([pages[2, 0], pages[0, 0]], dim=1))
+    assert torch.equal(values, torch.cat([pages[2, 1], pages[0, 1]], dim=1))
