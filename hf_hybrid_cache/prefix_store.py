@@ -2,8 +2,7 @@
 
 Blocks form a tree through their chained keys (see `hashing.py`); a block holds one K/V page for all
 attention layers and, optionally, one snapshot of all GDN layers (the state after its last token).
-Live caches pin the blocks they were served from; eviction is least-recently-used, leaves first, and
-drops a snapshot alone ("tombstone") when the block's page is still needed by its children.
+Live caches pin the blocks they were served from; eviction is least-recently-used among unpinned leaves.
 Everything here runs under one lock; tensors are copied in and out by the cache (see `cache.py`).
 """
 
@@ -268,29 +267,25 @@ class PrefixStore:
         return True
 
     def _evict_one(self) -> bool:
-        """Evict the least recently used unpinned leaf, or the snapshot of an inner block, whichever
-        comes first in LRU order. Returns False when everything is pinned or needed."""
+        """Evict the least recently used unpinned leaf; False when every leaf is pinned.
+
+        Only leaves: an inner block's page is part of its children's prefixes. Since a chain is touched
+        deepest first, an unpinned inner block is always more recent than its unpinned descendants, so
+        leaf-first eviction is also least-recently-used order."""
         for block in self._blocks.values():
-            if block.num_pins:
-                continue
-            if block.num_children == 0:
+            if not block.num_pins and block.num_children == 0:
                 self._remove_block(block)
-                return True
-            if block.snapshot_id is not None:
-                self._snapshots.free(block.snapshot_id)
-                block.snapshot_id = None
-                self._counters["evictions"] += 1
                 return True
         return False
 
-    def _remove_block(self, block: Block, count_eviction: bool = True) -> None:
+    def _remove_block(self, block: Block) -> None:
         del self._blocks[block.key]
         self._pages.free(block.page_id)
         if block.snapshot_id is not None:
             self._snapshots.free(block.snapshot_id)
         if block.parent is not None:
             block.parent.num_children -= 1
-        self._counters["evictions"] += count_eviction
+        self._counters["evictions"] += 1
 
     def _touch(self, chain: list[Block]) -> None:
         # Deepest first, so that an ancestor always ranks as more recent than its descendants and
@@ -325,17 +320,12 @@ class PrefixStore:
             return list(self._blocks)
 
     def clear(self) -> None:
-        """Drop every unpinned block (pinned ones stay until their caches finish)."""
+        """Drop every unpinned block (pinned ones stay until their caches finish); counters stay."""
         with self._lock:
-            while self._evict_leaf_unpinned():
+            evictions = self._counters["evictions"]
+            while self._evict_one():
                 pass
-
-    def _evict_leaf_unpinned(self) -> bool:
-        for block in self._blocks.values():
-            if not block.num_pins and block.num_children == 0:
-                self._remove_block(block, count_eviction=False)
-                return True
-        return False
+            self._counters["evictions"] = evictions
 
 
 _default_store: PrefixStore | None = None

@@ -1,0 +1,41 @@
+"""Chained block keys: equal prefixes give equal keys, anything else (tokens, parent, model, namespace) differs."""
+
+import torch
+
+from hf_hybrid_cache.hashing import DIGEST_SIZE, block_keys, model_fingerprint, root_key
+from hf_hybrid_cache.tiny import tiny_qwen3_next
+
+ROOT = root_key(b"model", None)
+
+
+def test_only_complete_blocks_get_keys():
+    assert len(block_keys(ROOT, torch.arange(9), block_size=4)) == 2
+    assert block_keys(ROOT, torch.arange(3), block_size=4) == []
+
+
+def test_keys_are_chained_over_the_whole_prefix():
+    a = block_keys(ROOT, torch.tensor([1, 2, 3, 4, 5, 6]), block_size=3)
+    b = block_keys(ROOT, torch.tensor([1, 2, 3, 4, 5, 6, 7]), block_size=3)
+    c = block_keys(ROOT, torch.tensor([9, 2, 3, 4, 5, 6]), block_size=3)
+    assert a == b[:2]
+    assert all(len(key) == DIGEST_SIZE for key in a)
+    # Same second block, different first block: the second key differs too.
+    assert c[1] != a[1]
+
+
+def test_key_depends_on_dtype_free_token_values():
+    assert block_keys(ROOT, torch.tensor([1, 2], dtype=torch.int32), 2) == block_keys(ROOT, torch.tensor([1, 2]), 2)
+
+
+def test_root_separates_models_and_namespaces():
+    roots = {root_key(b"model", None), root_key(b"model", "tenant-a"), root_key(b"other", None), root_key(b"model", "b")}
+    assert len(roots) == 4
+    # Length-prefixed parts: moving a byte across the boundary changes the digest.
+    assert root_key(b"ab", "c") != root_key(b"a", "bc")
+
+
+def test_fingerprint_tells_weights_apart():
+    same = model_fingerprint(tiny_qwen3_next(seed=0)) == model_fingerprint(tiny_qwen3_next(seed=0))
+    assert same
+    assert model_fingerprint(tiny_qwen3_next(seed=0)) != model_fingerprint(tiny_qwen3_next(seed=1))
+    assert model_fingerprint(tiny_qwen3_next(seed=0)) != model_fingerprint(tiny_qwen3_next(seed=0, dtype=torch.bfloat16))

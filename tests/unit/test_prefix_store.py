@@ -1,0 +1,180 @@
+"""PrefixStore on a synthetic two-layer layout: shared pages, pins, LRU order, budget, snapshots."""
+
+import pytest
+import torch
+
+from hf_hybrid_cache.hashing import block_keys, root_key
+from hf_hybrid_cache.layout import AttentionLayerSpec, LinearLayerSpec, ModelLayout
+from hf_hybrid_cache.prefix_store import PrefixStore
+
+CPU = torch.device("cpu")
+LAYOUT = ModelLayout(
+    model_type="synthetic",
+    num_layers=2,
+    attention=(AttentionLayerSpec(1, num_kv_heads=1, head_dim=2, dtype=torch.float32, device=CPU),),
+    linear=(LinearLayerSpec(0, conv_dim=3, conv_width=2, num_heads=1, head_k_dim=2, head_v_dim=2, dtype=torch.float32, device=CPU),),
+)
+BLOCK_SIZE = 4
+# block_size 4: a page is 2 * 1 * 4 * 2 fp32 = 64 bytes, a snapshot 3*2*4 + 1*2*2*4 = 40 bytes.
+PAGE_BYTES, SNAPSHOT_BYTES = 64, 40
+ROOT = root_key(b"synthetic", None)
+
+
+def make_store(max_bytes=1 << 20, mode="all"):
+    store = PrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=max_bytes)
+    store.bind(LAYOUT)
+    return store
+
+
+def publish(store, tokens, snapshot_blocks=None):
+    """Publish `tokens`; page of block i filled with the block's first token id, snapshots with -that."""
+    token_ids = torch.tensor(tokens)
+    keys = block_keys(ROOT, token_ids, BLOCK_SIZE)
+
+    def write_page(block_idx, views):
+        views[0].fill_(float(token_ids[block_idx * BLOCK_SIZE]))
+
+    def snapshot(block_idx):
+        return lambda views: [view.fill_(-float(token_ids[block_idx * BLOCK_SIZE])) for view in views]
+
+    blocks = range(len(keys)) if snapshot_blocks is None else snapshot_blocks
+    return store.publish(keys, write_page, {block_idx: snapshot(block_idx) for block_idx in blocks})
+
+
+def lookup(store, tokens):
+    return store.lookup(block_keys(ROOT, torch.tensor(tokens), BLOCK_SIZE), num_query_tokens=len(tokens))
+
+
+def test_sizes_of_the_synthetic_layout():
+    store = make_store()
+    assert (store.page_bytes, store.snapshot_bytes) == (PAGE_BYTES, SNAPSHOT_BYTES)
+
+
+def test_common_prefix_shares_pages():
+    store = make_store()
+    assert publish(store, list(range(12))) == 3
+    assert publish(store, list(range(8)) + [50, 51, 52, 53]) == 1  # two blocks reused, one new
+    assert store.stats()["blocks"] == 4
+    assert store.stats()["bytes_used"] == 4 * PAGE_BYTES + 4 * SNAPSHOT_BYTES
+
+
+def test_lookup_returns_content_and_stops_at_last_snapshot():
+    store = make_store()
+    publish(store, list(range(100, 112)), snapshot_blocks=[0])  # only the first block has a state
+    hit = lookup(store, list(range(100, 112)))
+    assert len(hit.blocks) == 1
+    pages = store.read_pages(hit)[0]
+    assert pages.shape == (1, 2, 1, BLOCK_SIZE, 2) and bool((pages == 100).all())
+    conv, recurrent = store.read_snapshot(hit)
+    assert bool((conv == -100).all()) and bool((recurrent == -100).all())
+    assert store.stats()["hit_tokens"] == BLOCK_SIZE and store.stats()["query_tokens"] == 12
+    store.release(hit)
+
+
+def test_pins_count_and_release():
+    store = make_store()
+    publish(store, list(range(8)))
+    first, second = lookup(store, list(range(8))), lookup(store, list(range(8)))
+    assert [block.num_pins for block in first.blocks] == [2, 2]
+    store.release(first)
+    assert [block.num_pins for block in second.blocks] == [1, 1]
+    store.release(second)
+    assert store.stats()["pinned_blocks"] == 0
+
+
+def test_lru_order_and_eviction_of_least_recent_leaf():
+    # Room for exactly three blocks with snapshots.
+    store = make_store(max_bytes=3 * (PAGE_BYTES + SNAPSHOT_BYTES))
+    publish(store, [1] * 4)
+    publish(store, [2] * 4)
+    publish(store, [3] * 4)
+    store.release(lookup(store, [1] * 4 + [0]))  # touch the first: the second is now least recent
+    order = store.lru_keys()
+    assert order[0] == block_keys(ROOT, torch.tensor([2] * 4), BLOCK_SIZE)[0]
+    publish(store, [4] * 4)
+    remaining = {key for key in store.lru_keys()}
+    assert block_keys(ROOT, torch.tensor([2] * 4), BLOCK_SIZE)[0] not in remaining
+    assert len(remaining) == 3 and store.stats()["evictions"] == 1
+
+
+def test_pinned_blocks_are_never_evicted_and_budget_holds():
+    store = make_store(max_bytes=2 * (PAGE_BYTES + SNAPSHOT_BYTES))
+    publish(store, [1] * 8)  # fills the budget
+    hit = lookup(store, [1] * 8 + [0])
+    assert publish(store, [2] * 4) == 0  # nothing evictable: publishing stops, nothing half-made
+    assert store.stats()["blocks"] == 2 and store.stats()["bytes_used"] <= store.max_bytes
+    store.release(hit)
+    assert publish(store, [2] * 4) == 1
+    assert store.stats()["bytes_used"] <= store.max_bytes
+
+
+def test_chain_is_evicted_from_its_tail():
+    store = make_store(max_bytes=2 * PAGE_BYTES + 2 * SNAPSHOT_BYTES)
+    publish(store, [5] * 8)  # two blocks, two snapshots: budget full
+    store.release(lookup(store, [5] * 8 + [0]))
+    # The parent is more recent than its child (touched deepest first); the leaf goes first.
+    publish(store, [6] * 4, snapshot_blocks=[])
+    assert store.stats()["blocks"] == 2 and store.stats()["evictions"] == 1
+    assert lookup(store, [5] * 8 + [0]).blocks[0].key == block_keys(ROOT, torch.tensor([5] * 4), BLOCK_SIZE)[0]
+
+
+def test_clear_keeps_pinned_blocks():
+    store = make_store()
+    publish(store, [1] * 8)
+    publish(store, [2] * 4)
+    hit = lookup(store, [1] * 8 + [0])
+    store.clear()
+    assert store.stats()["blocks"] == 2 and store.stats()["evictions"] == 0
+    store.release(hit)
+    store.clear()
+    assert store.stats()["blocks"] == 0 and store.stats()["bytes_used"] == 0
+
+
+def test_failed_write_leaves_nothing_behind():
+    store = make_store()
+
+    def broken_write(block_idx, views):
+        raise RuntimeError("device error")
+
+    keys = block_keys(ROOT, torch.arange(8), BLOCK_SIZE)
+    with pytest.raises(RuntimeError):
+        store.publish(keys, broken_write, {})
+    assert store.stats()["blocks"] == 0 and store.stats()["bytes_used"] == 0
+
+
+def test_budget_smaller_than_one_block_names_the_size():
+    store = PrefixStore(block_size=BLOCK_SIZE, max_bytes=50)
+    with pytest.raises(ValueError, match=f"max_bytes >= {PAGE_BYTES + SNAPSHOT_BYTES}"):
+        store.bind(LAYOUT)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(block_size=0), "block_size"),
+        (dict(block_size=2.5), "block_size"),
+        (dict(mamba_cache_mode="sometimes"), "mamba_cache_mode"),
+        (dict(max_bytes=-1), "max_bytes"),
+    ],
+    ids=["block_size-zero", "block_size-float", "mode-unknown", "max_bytes-negative"],
+)
+def test_invalid_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PrefixStore(**kwargs)
+
+
+def test_other_layout_is_refused():
+    store = make_store()
+    other = ModelLayout("synthetic", 2, LAYOUT.attention, ())
+    with pytest.raises(ValueError, match="its own store"):
+        store.bind(other)
+
+
+def test_pool_grows_and_keeps_contents():
+    store = make_store()
+    for i in range(40):  # beyond the pool's initial 16 slots
+        publish(store, [i + 10] * 4)
+    hit = lookup(store, [10] * 4 + [0])
+    assert bool((store.read_pages(hit)[0] == 10).all())
+    store.release(hit)
+    assert store.stats()["blocks"] == 40
