@@ -319,6 +319,40 @@ class PrefixStore:
         with self._lock:
             return list(self._blocks)
 
+    def check_invariants(self) -> None:
+        """Raise RuntimeError listing every broken invariant: budget, parents present and more recent than
+        their children, child and pin counts, pool slots owned by exactly one block. For tests; O(blocks)."""
+        with self._lock:
+            problems = []
+            if self.bytes_used > self.max_bytes:
+                problems.append(f"bytes_used {self.bytes_used} > max_bytes {self.max_bytes}")
+            rank = {key: i for i, key in enumerate(self._blocks)}
+            num_children = dict.fromkeys(self._blocks, 0)
+            for key, block in self._blocks.items():
+                if block.num_pins < 0:
+                    problems.append(f"block {key.hex()[:8]} has num_pins {block.num_pins}")
+                if block.parent is None:
+                    continue
+                if self._blocks.get(block.parent.key) is not block.parent:
+                    problems.append(f"block {key.hex()[:8]} has an evicted parent")
+                    continue
+                num_children[block.parent.key] += 1
+                if rank[block.parent.key] < rank[key]:
+                    problems.append(f"block {key.hex()[:8]} is more recently used than its parent")
+            for key, block in self._blocks.items():
+                if block.num_children != num_children[key]:
+                    problems.append(f"block {key.hex()[:8]} counts {block.num_children} children, has {num_children[key]}")
+            page_ids = [block.page_id for block in self._blocks.values()]
+            snapshot_ids = [block.snapshot_id for block in self._blocks.values() if block.snapshot_id is not None]
+            for name, pool, ids in (("page", self._pages, page_ids), ("snapshot", self._snapshots, snapshot_ids)):
+                num_used = pool.num_used if pool else 0
+                if len(set(ids)) != len(ids) or num_used != len(ids):
+                    problems.append(f"{num_used} {name} slots in use, {len(set(ids))} distinct owned by {len(ids)} blocks")
+                if pool and set(ids) & set(pool._free_ids):
+                    problems.append(f"{name} slots both owned and free: {sorted(set(ids) & set(pool._free_ids))}")
+            if problems:
+                raise RuntimeError("PrefixStore invariants broken: " + "; ".join(problems))
+
     def clear(self) -> None:
         """Drop every unpinned block (pinned ones stay until their caches finish); counters stay."""
         with self._lock:
