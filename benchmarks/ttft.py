@@ -1,0 +1,155 @@
+"""Time to first token and decode speed: cold DynamicCache, transformers' deepcopy recipe, and the prefix store
+at 0 %, 50 % and 87.5 % of the prompt cached, side by side in one run.
+
+    .venv/bin/python benchmarks/ttft.py [--rounds 7] [--prompt-len 2048] [--block-size 256]
+
+Every variant runs once per round, in an order rotated each round; ratios are taken within a round and
+the median over rounds is printed (shared/NOTES.md, "Measuring"). Run it on a quiet machine.
+"""
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+import torch
+from transformers import DynamicCache
+from transformers.generation.streamers import BaseStreamer
+
+import hf_hybrid_cache as hhc
+from hf_hybrid_cache.tiny import tiny_qwen3_next
+
+warnings.filterwarnings("ignore")
+
+
+class TokenClock(BaseStreamer):
+    """Timestamps of the tokens generate streams (the first put is the prompt, then one per token)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def timed_generate(model, input_ids, cache, max_new_tokens):
+    """Returns (ttft_s, decode_s_per_token, total_s)."""
+    clock = TokenClock()
+    start = time.perf_counter()
+    model.generate(
+        input_ids,
+        past_key_values=cache,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=False,
+        streamer=clock,
+    )
+    total = time.perf_counter() - start
+    token_times = clock.times[1:]
+    decode = (token_times[-1] - token_times[0]) / (len(token_times) - 1) if len(token_times) > 1 else float("nan")
+    return token_times[0] - start, decode, total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--prompt-len", type=int, default=2048)
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--mode", default="align", choices=["align", "all"])
+    parser.add_argument("--new-tokens", type=int, default=33, help="tokens generated per call (decode speed)")
+    args = parser.parse_args()
+
+    unpatched = tiny_qwen3_next(num_hidden_layers=8, hidden_size=256)
+    patched = hhc.patch(tiny_qwen3_next(num_hidden_layers=8, hidden_size=256))
+    prompt = torch.randint(3, 300, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
+    recipe_len = args.prompt_len * 7 // 8
+    budget = 1 << 30
+
+    def prefix_store(cached_fraction):
+        """A fresh store holding a snapshot at `cached_fraction` of the prompt (warmed, untimed)."""
+        store = hhc.PrefixStore(block_size=args.block_size, mamba_cache_mode=args.mode, max_bytes=budget)
+        cached = int(args.prompt_len * cached_fraction) // args.block_size * args.block_size
+        if cached:
+            # One token past the boundary, so align mode saves the state exactly there.
+            warm = torch.cat([prompt[:, :cached], torch.full((1, 1), 3)], dim=1)
+            patched.generate(warm, past_key_values=hhc.HybridPrefixCache(patched, store=store), max_new_tokens=1)
+        return store
+
+    def recipe_cache(model):
+        prefilled = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(prompt[:, :recipe_len], past_key_values=prefilled)
+        return prefilled
+
+    recipe_prefilled = {"unpatched": recipe_cache(unpatched), "patched": recipe_cache(patched)}
+
+    def run_ours(fraction):
+        store = prefix_store(fraction)
+        cache = hhc.HybridPrefixCache(patched, store=store)
+        result = timed_generate(patched, prompt, cache, args.new_tokens)
+        expected = int(args.prompt_len * fraction) // args.block_size * args.block_size
+        if cache.num_cached_tokens != expected:
+            raise RuntimeError(f"expected {expected} cached tokens, got {cache.num_cached_tokens}")
+        return result
+
+    variants = {
+        "cold DynamicCache, unpatched model": lambda: timed_generate(
+            unpatched, prompt, DynamicCache(config=unpatched.config), args.new_tokens
+        ),
+        "cold DynamicCache, patched model": lambda: timed_generate(
+            patched, prompt, DynamicCache(config=patched.config), args.new_tokens
+        ),
+        "deepcopy recipe 87.5 %, unpatched": lambda: timed_generate(
+            unpatched, prompt, copy.deepcopy(recipe_prefilled["unpatched"]), args.new_tokens
+        ),
+        "deepcopy recipe 87.5 %, patched": lambda: timed_generate(
+            patched, prompt, copy.deepcopy(recipe_prefilled["patched"]), args.new_tokens
+        ),
+        "HybridPrefixCache 0 % cached": lambda: run_ours(0.0),
+        "HybridPrefixCache 50 % cached": lambda: run_ours(0.5),
+        "HybridPrefixCache 87.5 % cached": lambda: run_ours(0.875),
+    }
+    names = list(variants)
+    for name in names:  # warm-up: lazy imports, allocator
+        variants[name]()
+
+    results = {name: [] for name in names}
+    for round_idx in range(args.rounds):
+        order = names[round_idx % len(names) :] + names[: round_idx % len(names)]
+        for name in order:
+            results[name].append(variants[name]())
+
+    def median(name, field):
+        return statistics.median(r[field] for r in results[name])
+
+    def paired(a, b, field):
+        """Median over rounds of a/b, for one field (0: ttft, 1: decode, 2: total)."""
+        return statistics.median(x[field] / y[field] for x, y in zip(results[a], results[b]))
+
+    cold_u, cold_p = names[0], names[1]
+    print(
+        f"\nprompt {args.prompt_len} tokens, block {args.block_size}, mode {args.mode}, "
+        f"{args.new_tokens} new tokens, {args.rounds} rounds, torch threads {torch.get_num_threads()}\n"
+    )
+    print(f"{'variant':38s} {'TTFT ms':>9s} {'x vs cold(unp)':>15s} {'x vs cold(pat)':>15s} {'decode ms/tok':>14s}")
+    for name in names:
+        print(
+            f"{name:38s} {1000 * median(name, 0):9.1f} {paired(cold_u, name, 0):15.2f} "
+            f"{paired(cold_p, name, 0):15.2f} {1000 * median(name, 1):14.2f}"
+        )
+    ours_full, recipe = names[6], names[3]
+    print("\nchecks (paired medians):")
+    print(f"  TTFT 87.5 % ours / deepcopy recipe (patched)   {paired(ours_full, recipe, 0):.3f}  (target <= 1.10)")
+    print(f"  TTFT cold unpatched / ours 87.5 %              {paired(cold_u, ours_full, 0):.2f}x (target >= 4.5)")
+    print(f"  TTFT ours 0 % / cold DynamicCache (patched)    {paired(names[4], cold_p, 0):.3f}  (target <= 1.05)")
+    print(f"  TTFT ours 0 % / cold DynamicCache (unpatched)  {paired(names[4], cold_u, 0):.3f}")
+    print(f"  decode ours 0 % / DynamicCache (patched)       {paired(names[4], cold_p, 1):.3f}  (target <= 1.05)")
+    print(f"  whole generate ours 0 % / DynamicCache (pat.)  {paired(names[4], cold_p, 2):.3f}  (includes publish)")
+
+
+if __name__ == "__main__":
+    main()
