@@ -1,0 +1,24 @@
+"""Every Python example in README.md runs, and prints what the README says it prints."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_usage_example_runs_and_hits():
+    blocks = python_blocks()
+    assert blocks, "README.md has no python example"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(blocks[0], "README.md", "exec"), {})
+    lines = printed.getvalue().split()
+    assert lines[:2] == ["0", "192"]
+    hit_tokens, bytes_used = int(lines[2]), int(lines[3])
+    assert hit_tokens == 192 and 0 < bytes_used <= 256 << 20

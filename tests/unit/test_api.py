@@ -1,0 +1,70 @@
+"""The public surface: patching, errors that name the fix, reprs and stats."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import hf_hybrid_cache as hhc
+from hf_hybrid_cache.qwen3_next import PrefixGatedDeltaNet
+from hf_hybrid_cache.tiny import tiny_qwen3_next
+
+
+@pytest.fixture(scope="module")
+def model():
+    return hhc.patch(tiny_qwen3_next(seed=0))
+
+
+def test_patch_is_idempotent(model):
+    generate = model.generate
+    assert hhc.patch(model) is model and model.generate == generate
+    gdn_layers = [layer.linear_attn for layer in model.model.layers if hasattr(layer, "linear_attn")]
+    assert gdn_layers and all(type(gdn) is PrefixGatedDeltaNet for gdn in gdn_layers)
+
+
+def test_unsupported_model_lists_supported_types():
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(ValueError, match="supports model types: qwen3_next"):
+        hhc.patch(llama)
+    with pytest.raises(ValueError, match="qwen3_next"):
+        hhc.HybridPrefixCache(llama)
+
+
+def test_unpatched_model_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"hf_hybrid_cache.patch\(model\)"):
+        hhc.HybridPrefixCache(tiny_qwen3_next(seed=0))
+
+
+@pytest.mark.parametrize("setting", [dict(num_beams=2), dict(num_return_sequences=2, do_sample=True)],
+                         ids=["beams", "return-sequences"])
+def test_beams_and_several_sequences_are_refused(model, setting):
+    cache = hhc.HybridPrefixCache(model)
+    with pytest.raises(ValueError, match="one sequence per prompt"):
+        model.generate(torch.randint(3, 300, (1, 10)), past_key_values=cache, max_new_tokens=2, **setting)
+    assert hhc.get_default_store().stats()["blocks"] == 0
+
+
+def test_default_store_is_shared_and_replaceable(model):
+    assert hhc.HybridPrefixCache(model).store is hhc.HybridPrefixCache(model).store is hhc.get_default_store()
+    mine = hhc.PrefixStore(block_size=16)
+    hhc.set_default_store(mine)
+    assert hhc.HybridPrefixCache(model).store is mine
+    with pytest.raises(TypeError, match="PrefixStore"):
+        hhc.set_default_store("big")
+
+
+def test_reprs_and_stats(model):
+    store = hhc.PrefixStore(block_size=16, mamba_cache_mode="all", max_bytes=8 << 20)
+    cache = hhc.HybridPrefixCache(model, store=store, namespace="docs")
+    model.generate(torch.randint(3, 300, (1, 40)), past_key_values=cache, max_new_tokens=3)
+    stats = store.stats()
+    assert {"queries", "query_tokens", "hit_tokens", "blocks", "snapshots", "bytes_used", "max_bytes",
+            "evictions"} <= set(stats)
+    assert (stats["queries"], stats["query_tokens"], stats["blocks"], stats["snapshots"]) == (1, 40, 2, 2)
+    assert stats["bytes_used"] == 2 * stats["page_bytes"] + 2 * stats["snapshot_bytes"]
+    assert "blocks=2" in repr(store) and "namespace='docs'" in repr(cache)
+
+
+def test_cache_refuses_crop(model):
+    with pytest.raises(NotImplementedError, match="new HybridPrefixCache"):
+        hhc.HybridPrefixCache(model).crop(-1)
