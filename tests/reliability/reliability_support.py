@@ -1,0 +1,124 @@
+"""Helpers for the reliability tests: the tiny-model oracle of tests/models (loaded by path, so that
+folder stays untouched), a store that checks itself after every operation, and leak checks."""
+
+import importlib.util
+import pathlib
+import threading
+
+import torch
+
+import hf_hybrid_cache as hhc
+
+_spec = importlib.util.spec_from_file_location(
+    "hf_hybrid_cache_tests_models_conftest", pathlib.Path(__file__).parents[1] / "models" / "conftest.py"
+)
+models_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(models_conftest)
+
+assert_same_as_cold = models_conftest.assert_same_as_cold
+cold_generate = models_conftest.cold_generate
+generate = models_conftest.generate
+random_tokens = models_conftest.random_tokens
+
+
+class CheckedPrefixStore(hhc.PrefixStore):
+    """A PrefixStore that checks its budget right after every slot allocation (the only step that
+    grows `bytes_used`, so this is the peak of every moment) and all invariants after every lookup,
+    release and publish, inside the store's own lock. Violations raise and are also kept in
+    `violations`, so a failure inside a worker thread is not lost."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.violations: list[str] = []
+        self.peak_bytes = 0
+        self.num_checks = 0
+
+    def bind(self, layout):
+        with self._lock:
+            was_bound = self.layout is not None
+            super().bind(layout)
+            if not was_bound:
+                for pool in (self._pages, self._snapshots):
+                    pool.allocate = self._checked_allocate(pool.allocate)
+
+    def _checked_allocate(self, allocate):
+        def checked():
+            slot_id = allocate()
+            self.peak_bytes = max(self.peak_bytes, self.bytes_used)
+            if self.bytes_used > self.max_bytes:
+                self._fail(f"bytes_used {self.bytes_used} > max_bytes {self.max_bytes} after an allocation")
+            return slot_id
+
+        return checked
+
+    def _fail(self, message: str) -> None:
+        self.violations.append(message)
+        raise RuntimeError(message)
+
+    def _check(self) -> None:
+        self.num_checks += 1
+        try:
+            self.check_invariants()
+        except RuntimeError as error:
+            self._fail(str(error))
+
+    def lookup(self, keys, num_query_tokens):
+        with self._lock:
+            hit = super().lookup(keys, num_query_tokens)
+            self._check()
+            return hit
+
+    def release(self, hit):
+        with self._lock:
+            super().release(hit)
+            self._check()
+
+    def publish(self, keys, write_page, snapshots):
+        with self._lock:
+            try:
+                return super().publish(keys, write_page, snapshots)
+            finally:
+                self._check()
+
+
+def all_pins(store: hhc.PrefixStore) -> list[int]:
+    with store._lock:
+        return [block.num_pins for block in store._blocks.values()]
+
+
+def assert_store_at_rest(store: hhc.PrefixStore) -> None:
+    """No cache is live: invariants hold, nothing is pinned, every slot belongs to a block."""
+    store.check_invariants()
+    stats = store.stats()
+    assert stats["pinned_blocks"] == 0 and set(all_pins(store)) <= {0}
+    assert stats["bytes_used"] <= stats["max_bytes"]
+    if store._pages is not None:
+        assert store._pages.num_used == stats["blocks"]
+        assert store._snapshots.num_used == stats["snapshots"]
+
+
+def prompt_family(num_prompts: int, prefix_len: int, tail_len: int, seed: int) -> list[torch.Tensor]:
+    """`num_prompts` prompts `[1, prefix_len + tail_len]` sharing their first `prefix_len` tokens."""
+    prefix = random_tokens(prefix_len, seed=seed)
+    return [torch.cat([prefix, random_tokens(tail_len, seed=seed * 1000 + i + 1)])[None] for i in range(num_prompts)]
+
+
+class LayerFault:
+    """A forward pre-hook raising `error` on the `fail_on`-th call of one layer (1-based)."""
+
+    def __init__(self, module: torch.nn.Module, error: BaseException, fail_on: int):
+        self.error, self.fail_on, self.num_calls = error, fail_on, 0
+        self.lock = threading.Lock()
+        self.handle = module.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        with self.lock:
+            self.num_calls += 1
+            if self.num_calls == self.fail_on:
+                raise self.error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
