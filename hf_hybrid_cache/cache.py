@@ -5,6 +5,8 @@ Attention layers keep live K/V like `DynamicLayer`; GDN layers keep the live con
 The lookup before generate and the publish after it are driven by `patching.py`.
 """
 
+import warnings
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionLayer
 
@@ -173,12 +175,18 @@ class HybridPrefixCache(Cache):
         self.num_cached_tokens = num_tokens
 
     def end_request(self, sequences: torch.Tensor | None) -> None:
-        """After a successful generate: publish the complete blocks of `sequences` `[1, total_len]`."""
+        """After a successful generate: publish the complete blocks of `sequences` `[batch, total_len]`.
+
+        A failed publish only warns: generate's output is already correct, and the store inserts a block
+        only once fully written, so nothing half-made remains.
+        """
         try:
-            seq_len = self.get_seq_length()
-            if self._recording and sequences is not None:
-                self._token_ids = sequences[0, :seq_len].detach()
-                self._publish(self._token_ids)
+            if sequences is not None and sequences.shape[0] == 1:
+                self._token_ids = sequences[0, : self.get_seq_length()].detach()
+                if self._recording:
+                    self._publish(self._token_ids)
+        except Exception as error:
+            warnings.warn(f"hf_hybrid_cache: publishing to the prefix store failed ({error!r}); output unaffected")
         finally:
             self._close_request()
 

@@ -40,11 +40,20 @@ def model_fingerprint(model: torch.nn.Module) -> bytes:
     """Digest of the config, dtype, devices and a sample of every parameter's values.
 
     Reading all weights of an 80B model would take seconds; the first and last values of each tensor
-    are enough to tell apart two checkpoints (or two random initialisations) of one architecture.
+    are enough to tell apart two checkpoints (or two random initialisations) of one architecture. The
+    digest is kept on the model and recomputed only when a parameter is replaced or modified in place
+    (its storage address or version counter changes), so a cache per request costs no device sync.
     """
+    params = list(model.named_parameters())
+    state = tuple((param.data_ptr(), param._version, param.device) for _, param in params)
+    cached = getattr(model, "_hf_hybrid_cache_fingerprint", None)
+    if cached is not None and cached[0] == state:
+        return cached[1]
     parts = [model.config.to_json_string(use_diff=False).encode()]
-    for name, param in model.named_parameters():
+    for name, param in params:
         flat = param.detach().reshape(-1)
         sample = torch.cat([flat[:16], flat[-16:]]).to("cpu", torch.float32)
         parts += [name.encode(), str(param.dtype).encode(), str(param.device).encode(), sample.numpy().tobytes()]
-    return _digest(*parts)
+    digest = _digest(*parts)
+    model._hf_hybrid_cache_fingerprint = (state, digest)
+    return digest

@@ -144,3 +144,16 @@ def test_patched_model_unchanged_without_our_cache(model, cold_model):
     assert_same_as_cold(cold_generate(model, prompt), cold)
     without_cache = model.generate(prompt, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(prompt))
     assert torch.equal(without_cache, cold.sequences)
+
+
+def test_reused_cache_continues_a_conversation(model, cold_model):
+    """Passing the same cache to a second generate continues from its live state, like a DynamicCache."""
+    store = make_store("align", 40)
+    cache = hhc.HybridPrefixCache(model, store=store)
+    first = generate(model, random_tokens(50, seed=12)[None], cache, max_new_tokens=8).sequences
+    follow_up = torch.cat([first[0], random_tokens(30, seed=13)])[None]
+    output = generate(model, follow_up, cache)
+    assert_same_as_cold(output, cold_generate(cold_model, follow_up))
+    assert cache.num_cached_tokens == 0  # served from its own live state, not the store
+    with pytest.raises(ValueError, match="new HybridPrefixCache"):
+        generate(model, random_tokens(120, seed=14)[None], cache)

@@ -39,3 +39,12 @@ def test_fingerprint_tells_weights_apart():
     assert same
     assert model_fingerprint(tiny_qwen3_next(seed=0)) != model_fingerprint(tiny_qwen3_next(seed=1))
     assert model_fingerprint(tiny_qwen3_next(seed=0)) != model_fingerprint(tiny_qwen3_next(seed=0, dtype=torch.bfloat16))
+
+
+def test_fingerprint_follows_in_place_weight_changes():
+    model = tiny_qwen3_next(seed=0)
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1.0
+    assert model_fingerprint(model) != before
