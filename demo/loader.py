@@ -1,0 +1,76 @@
+"""Loads the demo's model and tokenizer: the offline tiny Qwen3-Next by default, or a user's checkpoint.
+
+No network access happens for the default; `--model` goes through `from_pretrained`, which reads a local
+folder or the Hugging Face cache (and downloads only if the user's environment allows it).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+import hf_hybrid_cache as hhc
+from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
+
+# Larger than the test-sized default so that a prefill shows up in the time to first token, small
+# enough to build in about a second on a laptop CPU.
+TINY_DEMO_SIZE = dict(num_hidden_layers=8, hidden_size=128)
+TINY_NOTICE = (
+    "Default model: a tiny Qwen3-Next with random weights (seed {seed}), built locally: its replies are "
+    "nonsense, but the caching is real. Pass `--model PATH_OR_ID` to chat with a Qwen3-Next checkpoint."
+)
+
+
+@dataclass
+class LoadedModel:
+    """A patched model, its tokenizer, and what the UI says about it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    notice: str
+    # Extra generate() arguments the model needs (the tiny model's token restriction).
+    generate_kwargs: dict
+
+
+def load_model(model_id: str | None = None, seed: int = 0, device: str = "cpu") -> LoadedModel:
+    """Build the tiny model (`model_id=None`) or load a Qwen3-Next checkpoint onto `device`, patched."""
+    if model_id is None:
+        loaded = _load_tiny(seed)
+        loaded.model.to(device)
+    else:
+        loaded = _load_checkpoint(model_id, device)
+    hhc.patch(loaded.model)
+    return loaded
+
+
+def _load_tiny(seed: int) -> LoadedModel:
+    tokenizer = tiny_byte_tokenizer()
+    model = tiny_qwen3_next(seed=seed, **TINY_DEMO_SIZE)
+    # Random weights emit arbitrary bytes; keeping them to printable ASCII (and end of turn) makes the
+    # nonsense readable and lets a reply re-encode to the same tokens when it comes back in the history.
+    readable = "".join(map(chr, range(0x20, 0x7F))) + "\n"
+    allowed = set(tokenizer(readable).input_ids) | {tokenizer.eos_token_id}
+    suppressed = [token_id for token_id in range(len(tokenizer)) if token_id not in allowed]
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=model.config.name_or_path,
+        notice=TINY_NOTICE.format(seed=seed),
+        generate_kwargs=dict(suppress_tokens=suppressed),
+    )
+
+
+def _load_checkpoint(model_id: str, device: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_id)
+    model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map=device).eval()
+    if model.config.model_type != "qwen3_next":
+        raise ValueError(f"{model_id} is a {model.config.model_type!r} model; the demo needs a Qwen3-Next one")
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=model_id,
+        notice=f"Model: `{model_id}`.",
+        generate_kwargs={},
+    )

@@ -1,0 +1,33 @@
+"""The `/generate` contract, through gradio_client against the running demo."""
+
+import uuid
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client", reason="needs the [test] extra")
+
+
+def _shared_prefix() -> str:
+    # Unique per run, so the first call cannot hit anything an earlier test stored.
+    return f"[{uuid.uuid4().hex}] " + "A prefix cache serves the repeated start of a prompt. " * 4
+
+
+def test_second_call_with_a_shared_prefix_hits_the_store(demo_url):
+    client = gradio_client.Client(demo_url, verbose=False)
+    prefix = _shared_prefix()
+    first_text, first = client.predict(prefix + "First question?", 4, api_name="/generate")
+    second_text, second = client.predict(prefix + "Second question?", 4, api_name="/generate")
+
+    assert isinstance(first_text, str) and isinstance(second_text, str)
+    for stats in (first, second):
+        assert {"cached_tokens", "computed_tokens", "ttft_s"} <= stats.keys()
+        assert stats["cached_tokens"] + stats["computed_tokens"] == stats["prompt_tokens"]
+        assert stats["ttft_s"] > 0 and 1 <= stats["new_tokens"] <= 4
+    assert first["cached_tokens"] == 0
+    assert 0 < second["cached_tokens"] < second["prompt_tokens"]
+
+
+def test_invalid_request_is_an_error(demo_url):
+    client = gradio_client.Client(demo_url, verbose=False)
+    with pytest.raises(gradio_client.exceptions.AppError):
+        client.predict("", 4, api_name="/generate")

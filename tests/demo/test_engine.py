@@ -1,0 +1,61 @@
+"""`ChatEngine` in process, without Gradio: streaming, the figures it reports, and store swaps."""
+
+import pytest
+
+import hf_hybrid_cache as hhc
+from demo.engine import ChatEngine
+from demo.loader import load_model
+from demo.panels import store_markdown, turn_line
+
+PROMPT = "A prefix cache serves the repeated start of a prompt from memory. " * 3
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return ChatEngine(load_model(), max_bytes=64 << 20)
+
+
+def _run(engine, prompt: str, prefix_cache: bool = True):
+    updates = list(engine.stream(engine.text_prompt_ids(prompt), max_new_tokens=4, prefix_cache=prefix_cache))
+    *partials, (reply, stats) = updates
+    assert all(update_stats is None for _, update_stats in partials)
+    return reply, stats
+
+
+def test_stream_yields_each_token_then_the_stats(engine):
+    engine.configure_store("all", 16)
+    updates = list(engine.stream(engine.text_prompt_ids(PROMPT), max_new_tokens=4))
+    stats = updates[-1][1]
+    assert len(updates) == stats.new_tokens + 1  # one update per token, then the stats
+    assert stats.prompt_tokens == len(engine.text_prompt_ids(PROMPT))
+    assert stats.cached_tokens == 0 and stats.computed_tokens == stats.prompt_tokens
+    assert stats.ttft_s > 0 and (stats.mode, stats.block_size) == ("all", 16)
+    assert f"cached {stats.cached_tokens}" in turn_line(stats)
+
+
+@pytest.mark.parametrize("mode", ["align", "all"])
+def test_a_continuation_hits_and_answers_like_a_cold_run(engine, mode):
+    engine.configure_store(mode, 16)
+    reply, _ = _run(engine, PROMPT)
+    continued = PROMPT + reply + " And then?"
+    hit_reply, hit = _run(engine, continued)
+    cold_reply, cold = _run(engine, continued, prefix_cache=False)
+    assert 0 < hit.cached_tokens < hit.prompt_tokens and hit.prefix_cache
+    assert cold.cached_tokens == 0 and not cold.prefix_cache
+    assert hit_reply == cold_reply
+    assert "hit rate" in store_markdown(engine.store_stats())
+
+
+def test_configure_store_swaps_only_on_a_change(engine):
+    engine.configure_store("align", 32)
+    store = hhc.get_default_store()
+    engine.configure_store("align", 32)
+    assert hhc.get_default_store() is store
+    engine.configure_store("none", 32)
+    assert hhc.get_default_store() is not store
+    assert engine.store_stats()["mamba_cache_mode"] == "none"
+
+
+def test_empty_prompt_is_refused(engine):
+    with pytest.raises(ValueError, match="empty"):
+        next(engine.stream([], max_new_tokens=4))
