@@ -12,18 +12,16 @@ from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionLayer
 
 from .adapters import adapter_for
 from .hashing import block_keys, model_fingerprint, root_key
-from .kernels import paged_kv_gather
 from .prefix_store import Hit, PrefixStore, get_default_store
 
 
 class PrefixAttentionLayer(DynamicLayer):
     """Live K/V of one attention layer, `[batch, num_kv_heads, seq_len, head_dim]`."""
 
-    def restore(self, pages: torch.Tensor) -> None:
-        """Start from the K/V of `pages` `[num_blocks, 2, num_kv_heads, block_size, head_dim]`."""
-        keys, values = paged_kv_gather(pages, torch.arange(pages.shape[0], device=pages.device))
+    def restore(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Start from cached K/V, each `[num_kv_heads, num_tokens, head_dim]`."""
         self.keys, self.values = keys.unsqueeze(0), values.unsqueeze(0)
-        self.device = pages.device
+        self.device = keys.device
         self.is_initialized = True
 
 
@@ -167,8 +165,8 @@ class HybridPrefixCache(Cache):
 
     def _restore(self, hit: Hit) -> None:
         num_tokens = len(hit.blocks) * self.store.block_size
-        for spec, pages in zip(self.layout.attention, self.store.read_pages(hit)):
-            self.layers[spec.layer_idx].restore(pages)
+        for spec, (keys, values) in zip(self.layout.attention, self.store.read_pages(hit)):
+            self.layers[spec.layer_idx].restore(keys, values)
         states = self.store.read_snapshot(hit)
         for pos, spec in enumerate(self.layout.linear):
             self.layers[spec.layer_idx].restore(states[2 * pos], states[2 * pos + 1], num_tokens)

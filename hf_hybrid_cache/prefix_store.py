@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .kernels import paged_kv_gather
 from .layout import ModelLayout
 from .slot_pool import SlotPool, SlotSpec
 
@@ -177,13 +178,13 @@ class PrefixStore:
                 block.num_pins -= 1
             hit.blocks = []
 
-    def read_pages(self, hit: Hit) -> list[torch.Tensor]:
-        """The K/V of `hit`'s blocks per attention layer, `[num_blocks, 2, num_kv_heads, block_size, head_dim]`.
+    def read_pages(self, hit: Hit) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The K/V of `hit`'s blocks per attention layer: keys, values `[num_kv_heads, num_tokens, head_dim]`.
 
         Safe without the lock: pinned pages are never freed nor rewritten.
         """
         page_ids = torch.tensor(hit.page_ids, dtype=torch.long)
-        return [pages.index_select(0, page_ids.to(pages.device)) for pages in self._pages.tensors]
+        return [paged_kv_gather(pages, page_ids.to(pages.device)) for pages in self._pages.tensors]
 
     def read_snapshot(self, hit: Hit) -> list[torch.Tensor]:
         """The snapshot of `hit`'s last block: per GDN layer, conv state then SSM state (copies)."""

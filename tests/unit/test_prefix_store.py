@@ -63,8 +63,9 @@ def test_lookup_returns_content_and_stops_at_last_snapshot():
     publish(store, list(range(100, 112)), snapshot_blocks=[0])  # only the first block has a state
     hit = lookup(store, list(range(100, 112)))
     assert len(hit.blocks) == 1
-    pages = store.read_pages(hit)[0]
-    assert pages.shape == (1, 2, 1, BLOCK_SIZE, 2) and bool((pages == 100).all())
+    keys, values = store.read_pages(hit)[0]
+    assert keys.shape == values.shape == (1, BLOCK_SIZE, 2)
+    assert bool((keys == 100).all()) and bool((values == 100).all())
     conv, recurrent = store.read_snapshot(hit)
     assert bool((conv == -100).all()) and bool((recurrent == -100).all())
     assert store.stats()["hit_tokens"] == BLOCK_SIZE and store.stats()["query_tokens"] == 12
@@ -175,6 +176,6 @@ def test_pool_grows_and_keeps_contents():
     for i in range(40):  # beyond the pool's initial 16 slots
         publish(store, [i + 10] * 4)
     hit = lookup(store, [10] * 4 + [0])
-    assert bool((store.read_pages(hit)[0] == 10).all())
+    assert bool((store.read_pages(hit)[0][0] == 10).all())
     store.release(hit)
     assert store.stats()["blocks"] == 40
