@@ -1,17 +1,134 @@
-"""Public entry points of the kernels package: one function per op, dispatching on the tensors' device.
+"""Public entry points of the kernels package: check the arguments once, then run by the tensors' device.
 
-PROVISIONAL: every op runs its PyTorch reference until the Triton kernels and the fast CPU path land
-(issue 3). The signatures here are the contract the core relies on.
+CUDA tensors go to the Triton launchers (`*_triton.py`), imported on first use so that a CPU-only install
+never imports triton; every other device runs the plain-PyTorch paths (`*_cpu.py`). The references in
+`reference.py` are the test oracles and never run here.
 """
 
-from .reference import (
-    causal_conv1d_ref as causal_conv1d,
-    causal_conv1d_update_ref as causal_conv1d_update,
-    chunk_gated_delta_rule_ref as chunk_gated_delta_rule,
-    paged_kv_gather_ref as paged_kv_gather,
-    paged_kv_write_ref as paged_kv_write,
-    recurrent_gated_delta_rule_ref as recurrent_gated_delta_rule,
+import importlib
+
+import torch
+
+from .checks import (
+    check_causal_conv1d,
+    check_gated_delta_rule,
+    check_paged_kv,
+    check_recurrent_state,
+    normalize_offsets,
 )
+from .chunk_cpu import chunk_gated_delta_rule_cpu
+from .conv_cpu import causal_conv1d_cpu, causal_conv1d_update_cpu
+from .paged_cpu import paged_kv_gather_cpu, paged_kv_write_cpu
+from .recurrent_cpu import recurrent_gated_delta_rule_cpu
+
+# op name -> the module holding its `<op>_triton` launcher
+_TRITON_MODULES = {
+    "chunk_gated_delta_rule": "chunk_triton",
+    "recurrent_gated_delta_rule": "recurrent_triton",
+    "causal_conv1d": "conv_triton",
+    "causal_conv1d_update": "conv_triton",
+    "paged_kv_write": "paged_triton",
+    "paged_kv_gather": "paged_triton",
+}
+
+
+def _triton_launcher(op: str):
+    """The `<op>_triton` launcher, importing its module (and triton) on first use."""
+    try:
+        module = importlib.import_module(f".{_TRITON_MODULES[op]}", __package__)
+    except ModuleNotFoundError as error:
+        if error.name != "triton":
+            raise
+        raise ImportError(f"{op} on CUDA tensors runs a Triton kernel: pip install 'hf-hybrid-cache[triton]'") from error
+    return getattr(module, f"{op}_triton")
+
+
+def chunk_gated_delta_rule(
+    q, k, v, g, beta, initial_state=None, checkpoint_offsets=(), use_qk_l2norm=True, scale=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gated delta rule over a whole sequence, with the states after each checkpoint offset, in one pass.
+
+    Args:
+        q, k: `[B, T, Hk, K]`; v: `[B, T, Hv, V]` with Hv a multiple of Hk (value head h reads key head
+            h // (Hv // Hk)); g (log decay, <= 0), beta: `[B, T, Hv]`.
+        initial_state: `[B, Hv, K, V]` or None (zeros).
+        checkpoint_offsets: strictly increasing ints in [1, T], any positions (not only chunk multiples).
+        use_qk_l2norm: L2-normalise q and k per head first. scale: defaults to K ** -0.5.
+
+    Returns:
+        o `[B, T, Hv, V]` in q's dtype, the final state `[B, Hv, K, V]` fp32, and the checkpoint states
+        `[len(checkpoint_offsets), B, Hv, K, V]` fp32.
+    """
+    check_gated_delta_rule(q, k, v, g, beta, state=initial_state)
+    checkpoint_offsets = normalize_offsets(checkpoint_offsets, seq_len=q.shape[1])
+    impl = _triton_launcher("chunk_gated_delta_rule") if q.is_cuda else chunk_gated_delta_rule_cpu
+    return impl(
+        q, k, v, g, beta, initial_state=initial_state, checkpoint_offsets=checkpoint_offsets,
+        use_qk_l2norm=use_qk_l2norm, scale=scale,
+    )
+
+
+def recurrent_gated_delta_rule(q, k, v, g, beta, state, use_qk_l2norm=True, scale=None) -> torch.Tensor:
+    """Decode step(s), T small: shapes as `chunk_gated_delta_rule`; `state` `[B, Hv, K, V]` fp32 updated in
+    place (its address never changes). Returns o `[B, T, Hv, V]` in q's dtype."""
+    check_gated_delta_rule(q, k, v, g, beta, state=state, state_name="state")
+    check_recurrent_state(state)
+    impl = _triton_launcher("recurrent_gated_delta_rule") if q.is_cuda else recurrent_gated_delta_rule_cpu
+    return impl(q, k, v, g, beta, state=state, use_qk_l2norm=use_qk_l2norm, scale=scale)
+
+
+def causal_conv1d(
+    x, weight, bias=None, conv_state=None, activation="silu", checkpoint_offsets=()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv1d over `[conv_state | x]`, then SiLU (activation="silu") or nothing (None).
+
+    Args:
+        x: `[B, D, T]`; weight: `[D, W]`; bias: `[D]` or None; conv_state: `[B, D, W]` or None (zeros),
+            the last W inputs before x, as transformers keeps it.
+        checkpoint_offsets: strictly increasing ints in [1, T].
+
+    Returns:
+        out `[B, D, T]` in x's dtype, the new conv state `[B, D, W]`, and the conv states after each
+        checkpoint offset `[N, B, D, W]`.
+    """
+    check_causal_conv1d(x, weight, bias, conv_state, activation)
+    checkpoint_offsets = normalize_offsets(checkpoint_offsets, seq_len=x.shape[2])
+    impl = _triton_launcher("causal_conv1d") if x.is_cuda else causal_conv1d_cpu
+    return impl(
+        x, weight, bias, conv_state=conv_state, activation=activation, checkpoint_offsets=checkpoint_offsets
+    )
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu") -> torch.Tensor:
+    """Decode step(s): x `[B, D, T]` (T small); `conv_state` `[B, D, W]` updated in place. Returns `[B, D, T]`."""
+    check_causal_conv1d(x, weight, bias, conv_state, activation)
+    impl = _triton_launcher("causal_conv1d_update") if x.is_cuda else causal_conv1d_update_cpu
+    return impl(x, conv_state, weight, bias, activation=activation)
+
+
+def paged_kv_write(pages, page_ids, keys, values) -> None:
+    """Copy whole blocks of K/V into pages.
+
+    Args:
+        pages: `[num_pages, 2, H, block_size, D]` (index 0 keys, 1 values), written in place.
+        page_ids: `[n]` int64, the page of each block (distinct: a repeated id gets either block).
+        keys, values: `[H, n * block_size, D]` in pages' dtype.
+    """
+    check_paged_kv(pages, page_ids, keys, values)
+    impl = _triton_launcher("paged_kv_write") if pages.is_cuda else paged_kv_write_cpu
+    impl(pages, page_ids, keys, values)
+
+
+def paged_kv_gather(pages, page_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate pages into contiguous K/V: pages `[num_pages, 2, H, block_size, D]`, page_ids `[n]` int64.
+
+    Returns:
+        keys, values: `[H, n * block_size, D]`.
+    """
+    check_paged_kv(pages, page_ids)
+    impl = _triton_launcher("paged_kv_gather") if pages.is_cuda else paged_kv_gather_cpu
+    return impl(pages, page_ids)
+
 
 __all__ = [
     "causal_conv1d",

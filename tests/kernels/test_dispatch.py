@@ -1,0 +1,77 @@
+"""The public functions on CPU tensors (the plain-PyTorch paths) against the references, and the import
+contract: `hf_hybrid_cache.kernels` works without triton, and asks for it only when CUDA tensors need it."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hf_hybrid_cache import kernels
+from hf_hybrid_cache.kernels import reference
+
+
+@pytest.mark.parametrize("use_state", [True, False], ids=["state", "zero-state"])
+def test_causal_conv1d(use_state):
+    x, weight, bias = torch.randn(2, 7, 37), torch.randn(7, 4), torch.randn(7)
+    conv_state = torch.randn(2, 7, 4) if use_state else None
+    kwargs = dict(conv_state=conv_state, checkpoint_offsets=(1, 2, 36, 37))
+    for actual, expected in zip(kernels.causal_conv1d(x, weight, bias, **kwargs), reference.causal_conv1d_ref(x, weight, bias, **kwargs)):
+        assert actual.shape == expected.shape
+        torch.testing.assert_close(actual, expected)
+
+
+def test_causal_conv1d_update_in_place():
+    x, weight, conv_state = torch.randn(2, 7, 2), torch.randn(7, 4), torch.randn(2, 7, 4)
+    ref_state, address = conv_state.clone(), conv_state.data_ptr()
+    expected = reference.causal_conv1d_update_ref(x, ref_state, weight, activation=None)
+    torch.testing.assert_close(kernels.causal_conv1d_update(x, conv_state, weight, activation=None), expected)
+    torch.testing.assert_close(conv_state, ref_state)
+    assert conv_state.data_ptr() == address
+
+
+@pytest.mark.parametrize("num_v_heads", [2, 4], ids=["gqa1", "gqa2"])
+def test_recurrent_gated_delta_rule_in_place(num_v_heads):
+    q, k = torch.randn(2, 3, 2, 16), torch.randn(2, 3, 2, 16)
+    v, g, beta = torch.randn(2, 3, num_v_heads, 8), -torch.rand(2, 3, num_v_heads), torch.rand(2, 3, num_v_heads)
+    state = torch.randn(2, num_v_heads, 16, 8)
+    ref_state, address = state.clone(), state.data_ptr()
+    expected = reference.recurrent_gated_delta_rule_ref(q, k, v, g, beta, ref_state)
+    torch.testing.assert_close(kernels.recurrent_gated_delta_rule(q, k, v, g, beta, state), expected)
+    torch.testing.assert_close(state, ref_state)
+    assert state.data_ptr() == address
+
+
+def test_paged_kv_write_then_gather():
+    pages = torch.full((6, 2, 3, 4, 8), float("nan"))
+    page_ids, keys, values = torch.tensor([4, 1]), torch.randn(3, 8, 8), torch.randn(3, 8, 8)
+    expected = pages.clone()
+    reference.paged_kv_write_ref(expected, page_ids, keys, values)
+    kernels.paged_kv_write(pages, page_ids, keys, values)
+    torch.testing.assert_close(pages, expected, equal_nan=True)
+    gathered = kernels.paged_kv_gather(pages, page_ids)
+    for actual, original in zip(gathered, (keys, values)):
+        torch.testing.assert_close(actual, original)
+
+
+IMPORT_WITHOUT_TRITON = """
+import os, sys, torch
+os.environ.pop("TRITON_INTERPRET", None)
+sys.modules["triton"] = None  # any `import triton` now raises ModuleNotFoundError
+from hf_hybrid_cache import kernels
+from hf_hybrid_cache.kernels import dispatch
+pages = torch.zeros(2, 2, 1, 4, 8)
+kernels.paged_kv_write(pages, torch.tensor([1]), torch.ones(1, 4, 8), torch.ones(1, 4, 8))
+assert pages[1].eq(1).all() and pages[0].eq(0).all()
+assert not any(name.startswith("triton") and sys.modules[name] for name in sys.modules)
+try:
+    dispatch._triton_launcher("paged_kv_write")
+except ImportError as error:
+    print("ImportError:", error)
+"""
+
+
+def test_imports_and_runs_on_cpu_without_triton():
+    result = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_TRITON], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'hf-hybrid-cache[triton]'" in result.stdout
