@@ -15,8 +15,8 @@ def turn_line(stats: TurnStats) -> str:
     rate = f"{stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s is not None else "tok/s n/a (1 token)"
     cache = f"{stats.mode}, block {stats.block_size}" if stats.prefix_cache else "off"
     return (
-        f"`prompt {stats.prompt_tokens} · cached {stats.cached_tokens} · computed {stats.computed_tokens}"
-        f" · TTFT {stats.ttft_s * 1000:.0f} ms · {rate} · cache {cache}`"
+        f"[prompt {stats.prompt_tokens} · cached {stats.cached_tokens} · computed {stats.computed_tokens}"
+        f" · TTFT {stats.ttft_s * 1000:.0f} ms · {rate} · cache {cache}]"
     )
 
 

@@ -47,7 +47,9 @@ def build_ui(engine: ChatEngine, max_new_tokens: int) -> gr.Blocks:
         series = f"chat {log['chat']} · cache {'on' if prefix_cache else 'off'}"
         point = {"turn": len(history) // 2, "ttft_ms": stats.ttft_s * 1000, "series": series}
         log = {**log, "rows": log["rows"] + [point]}
-        plot = gr.ScatterPlot(ttft_frame(log["rows"]), sort=turn_order(log["rows"]))
+        # Headroom above the slowest turn, so its point is not drawn on the border.
+        top = 1.15 * max(row["ttft_ms"] for row in log["rows"])
+        plot = gr.ScatterPlot(ttft_frame(log["rows"]), sort=turn_order(log["rows"]), y_lim=[0, top])
         yield chatbot, "", history, log, store_markdown(engine.store_stats()), plot
 
     def new_chat(log):
@@ -72,7 +74,8 @@ def build_ui(engine: ChatEngine, max_new_tokens: int) -> gr.Blocks:
         gr.Markdown(f"## Prefix caching for Qwen3-Next\n{engine.loaded.notice}")
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(elem_id="chat", height=440, label="Chat", buttons=[])
+                # Raw text: the tiny model's random punctuation would otherwise render as markdown.
+                chatbot = gr.Chatbot(elem_id="chat", height=440, label="Chat", buttons=[], render_markdown=False)
                 with gr.Row():
                     message = gr.Textbox(
                         placeholder="Type a message and press Enter",

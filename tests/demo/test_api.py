@@ -31,3 +31,13 @@ def test_invalid_request_is_an_error(demo_url):
     client = gradio_client.Client(demo_url, verbose=False)
     with pytest.raises(gradio_client.exceptions.AppError):
         client.predict("", 4, api_name="/generate")
+
+
+def test_concurrent_calls_all_complete_and_share_the_store(demo_url):
+    # Requests queue for the one model; whichever runs first fills the store for the others.
+    client = gradio_client.Client(demo_url, verbose=False)
+    prefix = _shared_prefix()
+    jobs = [client.submit(f"{prefix}Question {i}?", 2, api_name="/generate") for i in range(3)]
+    results = [job.result(timeout=300) for job in jobs]
+    cached = sorted(stats["cached_tokens"] for _, stats in results)
+    assert cached[0] == 0 and cached[1] > 0 and cached[2] > 0
