@@ -45,7 +45,8 @@ def accuracy_cases(dtype):
         lambda: (recurrent_gated_delta_rule_triton(*step, state=h0.clone()),),
         lambda: (reference.recurrent_gated_delta_rule_ref(*step, state=h0.clone()),),
     )
-    x, weight, bias = (torch.randn(*shape, device="cuda", dtype=dtype) for shape in ((2, 1000, 700), (1000, 4), (1000,)))
+    shapes = ((2, 1000, 700), (1000, 4), (1000,))
+    x, weight, bias = (torch.randn(*shape, device="cuda", dtype=dtype) for shape in shapes)
     conv_state = torch.randn(2, 1000, 4, device="cuda", dtype=dtype)
     conv_kwargs = dict(conv_state=conv_state, checkpoint_offsets=(1, 3, 64, 699))
     yield (
@@ -71,7 +72,11 @@ def accuracy_cases(dtype):
         impl(out, page_ids, *reference.paged_kv_gather_ref(pages, page_ids))
         return (out,)
 
-    yield "paged_kv_write", lambda: write(paged_triton.paged_kv_write_triton), lambda: write(reference.paged_kv_write_ref)
+    yield (
+        "paged_kv_write",
+        lambda: write(paged_triton.paged_kv_write_triton),
+        lambda: write(reference.paged_kv_write_ref),
+    )
 
 
 def check_accuracy() -> bool:
@@ -85,7 +90,8 @@ def check_accuracy() -> bool:
             ]
             ok = max(errors) <= TOLERANCE[dtype]
             all_ok &= ok
-            print(f"{name:<28}{str(dtype)[6:]:<10}{max(errors):>12.2e}{TOLERANCE[dtype]:>12.0e}  {'ok' if ok else 'FAIL'}")
+            verdict = "ok" if ok else "FAIL"
+            print(f"{name:<28}{str(dtype)[6:]:<10}{max(errors):>12.2e}{TOLERANCE[dtype]:>12.0e}  {verdict}")
     return all_ok
 
 

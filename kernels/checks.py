@@ -96,7 +96,8 @@ def check_causal_conv1d(x, weight, bias, conv_state, activation) -> None:
 
 
 def check_paged_kv(pages: torch.Tensor, page_ids: torch.Tensor, keys=None, values=None) -> None:
-    """pages `[num_pages, 2, H, block_size, D]`; page_ids `[n]` int64 in range; keys, values `[H, n * block_size, D]`."""
+    """pages `[num_pages, 2, H, block_size, D]`; page_ids `[n]` int64 in range; keys, values
+    `[H, n * block_size, D]` (None for a gather)."""
     _ndim("pages", pages, 5, "[num_pages, 2, H, block_size, D]")
     num_pages, two, num_heads, block_size, head_dim = pages.shape
     if two != 2:

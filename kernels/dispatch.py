@@ -39,7 +39,8 @@ def _triton_launcher(op: str):
     except ModuleNotFoundError as error:
         if error.name != "triton":
             raise
-        raise ImportError(f"{op} on CUDA tensors runs a Triton kernel: pip install 'hf-hybrid-cache[triton]'") from error
+        message = f"{op} on CUDA tensors runs a Triton kernel: pip install 'hf-hybrid-cache[triton]'"
+        raise ImportError(message) from error
     return getattr(module, f"{op}_triton")
 
 

@@ -21,11 +21,13 @@ def check_device(kernel, **tensors: torch.Tensor | None) -> None:
     """CUDA tensors for compiled kernels, CPU tensors for interpreted ones (the test suite's mode)."""
     interpreted = is_interpreted(kernel)
     for name, x in tensors.items():
-        if x is None or (x.device.type == "cpu") == interpreted:
+        if x is None or x.device.type == ("cpu" if interpreted else "cuda"):
             continue
         if interpreted:
-            raise ValueError(f"{name} is on {x.device} but Triton runs interpreted (TRITON_INTERPRET=1); pass CPU tensors")
-        raise ValueError(f"{name} is on {x.device}; the Triton kernels need CUDA tensors: call .cuda() or use the CPU path")
+            fix = "Triton runs interpreted (TRITON_INTERPRET=1): pass CPU tensors"
+        else:
+            fix = "the Triton kernels need CUDA tensors: call .cuda() or use the CPU path"
+        raise ValueError(f"{name} is on {x.device}; {fix}")
 
 
 def check_contiguous(**tensors: torch.Tensor) -> None:
