@@ -1,0 +1,187 @@
+"""Faults in the middle of a request leave nothing partial behind: an exception or a KeyboardInterrupt
+inside a layer (prefill or decode), or inside the publish itself, and a budget too small for what a
+request would publish. Afterwards nothing is pinned, every slot belongs to a complete block, and later
+hits still equal cold runs."""
+
+import pytest
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+import hf_hybrid_cache as hhc
+from reliability_support import (
+    CheckedPrefixStore,
+    LayerFault,
+    assert_same_as_cold,
+    assert_store_at_rest,
+    cold_generate,
+    generate,
+    prompt_family,
+)
+
+BLOCK_SIZE = 16
+MAX_NEW_TOKENS = 4
+GDN_LAYER = 2  # the third GDN layer: layers 0 and 1 have already recorded their snapshots when it fails
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def new_store(mode="all", max_bytes=64 << 20):
+    return CheckedPrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=max_bytes)
+
+
+def run(model, prompt, store, cache=None, **kwargs):
+    cache = cache if cache is not None else hhc.HybridPrefixCache(model, store=store)
+    kwargs.setdefault("max_new_tokens", MAX_NEW_TOKENS)
+    return generate(model, prompt, cache, **kwargs), cache
+
+
+@pytest.mark.parametrize("error", [InjectedFault("boom"), KeyboardInterrupt()], ids=["exception", "interrupt"])
+@pytest.mark.parametrize("fail_on", [1, 3], ids=["mid-prefill", "mid-decode"])
+def test_fault_inside_a_layer_publishes_nothing(model, cold_model, error, fail_on):
+    store = new_store()
+    seed_prompt, prompt = prompt_family(2, prefix_len=40, tail_len=30, seed=30)
+    run(model, seed_prompt, store)
+    keys_before = set(store.lru_keys())
+    stats_before = store.stats()
+
+    cache = hhc.HybridPrefixCache(model, store=store)
+    with LayerFault(model.model.layers[GDN_LAYER].linear_attn, error, fail_on) as fault:
+        with pytest.raises(type(error)):
+            run(model, prompt, store, cache)
+    assert fault.num_calls == fail_on
+    assert set(store.lru_keys()) == keys_before, "a failed request must not publish"
+    assert store.stats()["queries"] == stats_before["queries"] + 1  # it was served (a hit was pinned)
+    assert store.stats()["hit_tokens"] > stats_before["hit_tokens"]
+    assert_store_at_rest(store)
+    assert cache.get_seq_length() == 0 and cache.num_cached_tokens == 0  # the half-run state is dropped
+
+    cold = cold_generate(cold_model, prompt, max_new_tokens=MAX_NEW_TOKENS)
+    # The failed cache is reusable and hits the seed prompt's blocks; then a fresh one hits the prompt's own.
+    for expected_cached in (32, 64):
+        output, cache = run(model, prompt, store, cache)
+        assert_same_as_cold(output, cold)
+        assert cache.num_cached_tokens == expected_cached
+        cache = None
+    assert_store_at_rest(store)
+    assert store.violations == []
+
+
+class FailingPublishStore(CheckedPrefixStore):
+    """Raises `error` while writing the page (or the snapshot) of block `fail_block` of a publish."""
+
+    def __init__(self, error, fail_block, in_snapshot, **kwargs):
+        super().__init__(**kwargs)
+        self.error, self.fail_block, self.in_snapshot = error, fail_block, in_snapshot
+        self.armed = False
+
+    def publish(self, keys, write_page, snapshots):
+        if not self.armed:
+            return super().publish(keys, write_page, snapshots)
+        self.armed = False
+
+        def failing_write_page(block_idx, views):
+            write_page(block_idx, views)  # a half-written slot: filled, then the fault
+            if block_idx == self.fail_block and not self.in_snapshot:
+                raise self.error
+
+        def failing_snapshot(write):
+            def wrapped(views):
+                write(views)
+                raise self.error
+
+            return wrapped
+
+        snapshots = {
+            block_idx: failing_snapshot(write) if block_idx == self.fail_block and self.in_snapshot else write
+            for block_idx, write in snapshots.items()
+        }
+        return super().publish(keys, failing_write_page, snapshots)
+
+
+@pytest.mark.parametrize(
+    "error, in_snapshot",
+    [(KeyboardInterrupt(), False), (InjectedFault("disk full"), True)],
+    ids=["interrupt-in-page", "exception-in-snapshot"],
+)
+def test_fault_inside_publish_leaves_only_complete_blocks(model, cold_model, error, in_snapshot):
+    store = FailingPublishStore(error, fail_block=2, in_snapshot=in_snapshot, block_size=BLOCK_SIZE, mamba_cache_mode="all", max_bytes=64 << 20)
+    prompt = prompt_family(1, prefix_len=40, tail_len=30, seed=31)[0]  # 70 tokens + 3 decoded: 4 blocks
+    cold = cold_generate(cold_model, prompt, max_new_tokens=MAX_NEW_TOKENS)
+    store.armed = True
+    cache = hhc.HybridPrefixCache(model, store=store)
+    if isinstance(error, Exception):
+        # generate's output is already correct when publishing fails: it is returned, with a warning.
+        with pytest.warns(UserWarning, match="publishing to the prefix store failed.*disk full"):
+            output, _ = run(model, prompt, store, cache)
+        assert_same_as_cold(output, cold)
+    else:
+        with pytest.raises(type(error)):
+            run(model, prompt, store, cache)
+    assert store.violations == []
+    assert_store_at_rest(store)
+    stats = store.stats()
+    if in_snapshot:
+        # Block 2 is complete without its snapshot; publishing stopped there.
+        assert (stats["blocks"], stats["snapshots"]) == (3, 2)
+    else:
+        assert (stats["blocks"], stats["snapshots"]) == (2, 2)
+
+    for expected_cached in (32, 64):  # the surviving blocks, then the repaired chain
+        output, cache = run(model, prompt, store)
+        assert_same_as_cold(output, cold)
+        assert cache.num_cached_tokens == expected_cached
+    assert_store_at_rest(store)
+
+
+class NestedRun(BaseStreamer):
+    """Runs `request()` from inside generate, on the first generated token: the outer request is live
+    (its hit pinned) while the inner one runs."""
+
+    def __init__(self, request):
+        self.request, self.num_puts, self.result = request, 0, None
+
+    def put(self, value):
+        self.num_puts += 1
+        if self.num_puts == 2:  # put #1 is the prompt
+            self.result = self.request()
+
+    def end(self):
+        pass
+
+
+def test_out_of_budget_publishes_what_fits_and_never_evicts_a_pinned_block(model, cold_model):
+    probe = hhc.PrefixStore(block_size=BLOCK_SIZE)
+    hhc.HybridPrefixCache(model, store=probe)
+    one_block = probe.page_bytes + probe.snapshot_bytes
+    store = new_store(max_bytes=one_block)  # the smallest budget accepted
+    first, second = prompt_family(2, prefix_len=40, tail_len=30, seed=32)
+    other = prompt_family(1, prefix_len=40, tail_len=30, seed=33)[0]
+    colds = {name: cold_generate(cold_model, p, max_new_tokens=MAX_NEW_TOKENS) for name, p in
+             (("first", first), ("second", second), ("other", other))}
+
+    output, _ = run(model, first, store)
+    assert_same_as_cold(output, colds["first"])
+    assert store.stats()["blocks"] == 1  # block 1 did not fit: block 0 was pinned by the publish itself
+    first_block = store.lru_keys()[0]
+
+    # While `second` holds block 0 (its hit), `other` finds the budget full of pinned data: it runs
+    # exactly, publishes nothing, and block 0 survives.
+    nested = NestedRun(lambda: run(model, other, store))
+    outer_cache = hhc.HybridPrefixCache(model, store=store)
+    outer = generate(model, second, outer_cache, max_new_tokens=MAX_NEW_TOKENS, streamer=nested)
+    assert nested.result is not None
+    inner_output, inner_cache = nested.result
+    assert outer_cache.num_cached_tokens == BLOCK_SIZE and inner_cache.num_cached_tokens == 0
+    assert_same_as_cold(outer, colds["second"])
+    assert_same_as_cold(inner_output, colds["other"])
+    assert store.lru_keys() == [first_block]
+    assert_store_at_rest(store)
+
+    # Unpinned, block 0 makes way for the next request's blocks.
+    output, _ = run(model, other, store)
+    assert_same_as_cold(output, colds["other"])
+    assert store.lru_keys() != [first_block] and store.stats()["blocks"] == 1
+    assert_store_at_rest(store)
+    assert store.violations == []
