@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_hybrid_cache import kernels
-from hf_hybrid_cache.kernels import reference
+from hf_hybrid_cache.kernels import dispatch, reference
 
 
 @pytest.mark.parametrize("use_state", [True, False], ids=["state", "zero-state"])
@@ -53,6 +53,12 @@ def test_paged_kv_write_then_gather():
     gathered = kernels.paged_kv_gather(pages, page_ids)
     for actual, original in zip(gathered, (keys, values)):
         torch.testing.assert_close(actual, original)
+
+
+@pytest.mark.parametrize("op", kernels.__all__)
+def test_every_op_has_a_triton_launcher(op):
+    """What a CUDA tensor would run: `<op>_triton`, found through the lazy-import table."""
+    assert dispatch._triton_launcher(op).__name__ == f"{op}_triton"
 
 
 IMPORT_WITHOUT_TRITON = """
