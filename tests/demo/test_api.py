@@ -1,6 +1,8 @@
 """The `/generate` contract, through gradio_client against the running demo."""
 
+import re
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +43,19 @@ def test_concurrent_calls_all_complete_and_share_the_store(demo_url):
     results = [job.result(timeout=300) for job in jobs]
     cached = sorted(stats["cached_tokens"] for _, stats in results)
     assert cached[0] == 0 and cached[1] > 0 and cached[2] > 0
+
+
+def _readme_client_snippet() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    demo_section = readme.split("## Demo", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", demo_section, re.S)
+    (snippet,) = [block for block in blocks if "gradio_client" in block]
+    return snippet
+
+
+def test_readme_client_snippet_runs(demo_url, capsys):
+    snippet = _readme_client_snippet()
+    assert "http://127.0.0.1:7860/" in snippet
+    exec(snippet.replace("http://127.0.0.1:7860/", demo_url), {})
+    second_call = capsys.readouterr().out.splitlines()[-1].split()
+    assert int(second_call[0]) > 0  # its cached_tokens
