@@ -166,6 +166,8 @@ def paged_kv_gather_ref(pages: torch.Tensor, page_ids: torch.Tensor) -> tuple[to
     Returns:
         keys, values: `[H, n * block_size, D]`.
     """
-    keys = torch.cat([pages[page_id, 0] for page_id in page_ids.tolist()], dim=1)
-    values = torch.cat([pages[page_id, 1] for page_id in page_ids.tolist()], dim=1)
-    return keys, values
+    _, _, num_heads, _, head_dim = pages.shape
+    blocks = [pages[page_id] for page_id in page_ids.tolist()]  # each [2, H, block_size, D]
+    # torch.cat refuses an empty list: no pages gives empty K/V, as the kernels return.
+    kv = torch.cat(blocks, dim=2) if blocks else pages.new_empty((2, num_heads, 0, head_dim))
+    return kv[0], kv[1]

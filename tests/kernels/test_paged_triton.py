@@ -42,5 +42,5 @@ def test_no_pages_is_a_no_op():
     before, no_ids, no_kv = pages.clone(), torch.zeros(0, dtype=torch.long), torch.zeros(NUM_HEADS, 0, HEAD_DIM)
     paged_kv_write_triton(pages, no_ids, no_kv, no_kv)
     assert torch.equal(pages, before)
-    keys, values = paged_kv_gather_triton(pages, no_ids)
-    assert keys.shape == values.shape == (NUM_HEADS, 0, HEAD_DIM)
+    for actual, expected in zip(paged_kv_gather_triton(pages, no_ids), paged_kv_gather_ref(pages, no_ids)):
+        assert actual.shape == expected.shape == (NUM_HEADS, 0, HEAD_DIM)
