@@ -14,7 +14,8 @@ import triton.language as tl
 from .launch import block_size, check_device, dot_precision
 
 CHUNK_SIZE = 64
-# The sequential kernel holds a [K, BLOCK_V] state tile; 64 columns keep K = 128 within registers.
+# Each sequential program holds a [K, BLOCK_V] state tile: smaller tiles give more programs, larger ones
+# fewer re-reads of q, k and w. Untuned: compare on a GPU with benchmarks/gpu_check.py.
 BLOCK_V = 64
 
 
@@ -47,7 +48,7 @@ def chunk_gated_delta_rule_wy_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_QK_L2NORM: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Per chunk and value head: w = T diag(beta exp(G)) K, u = T diag(beta) V, T = (I + A)^-1, and G.
+    """Per chunk and value head: w = (I + A)^-1 diag(beta exp(G)) K, u = (I + A)^-1 diag(beta) V, and G.
 
     A[i, j] = beta_i exp(G_i - G_j) (k_i . k_j) for j < i, so that the chunk's written values are
     u - w S for any start state S. Grid: (num_chunks, B * HV).
@@ -71,18 +72,18 @@ def chunk_gated_delta_rule_wy_kernel(
 
     m_lower = o_i[:, None] > o_i[None, :]
     b_decay = tl.where(m_lower, tl.exp(b_g[:, None] - b_g[None, :]), 0.0)
-    b_L = -tl.dot(b_k * b_beta[:, None], tl.trans(b_k), input_precision=DOT_PRECISION) * b_decay
-    # (I - L)^-1 = I + X with X_i = L_i + sum_{j<i} L_ij X_j: forward substitution, one row per step.
+    b_L = -tl.dot(b_k * b_beta[:, None], tl.trans(b_k), input_precision=DOT_PRECISION) * b_decay  # L = -A
+    # (I + A)^-1 = (I - L)^-1 = I + X with X_i = L_i + sum_{j<i} L_ij X_j: forward substitution, one row per step.
     # Rows j >= i of b_L are not yet X but meet L_ij = 0, so they drop out of the sum.
     for i in range(1, BT):
         m_row = o_i == i
         b_l = tl.sum(tl.where(m_row[:, None], b_L, 0.0), axis=0)
         b_l = b_l + tl.sum(b_l[:, None] * b_L, axis=0)
         b_L = tl.where(m_row[:, None], b_l[None, :], b_L)
-    b_T = b_L + (o_i[:, None] == o_i[None, :]).to(tl.float32)
+    b_Ai = b_L + (o_i[:, None] == o_i[None, :]).to(tl.float32)
 
-    b_w = tl.dot(b_T, b_k * (b_beta * tl.exp(b_g))[:, None], input_precision=DOT_PRECISION)
-    b_u = tl.dot(b_T, b_v * b_beta[:, None], input_precision=DOT_PRECISION)
+    b_w = tl.dot(b_Ai, b_k * (b_beta * tl.exp(b_g))[:, None], input_precision=DOT_PRECISION)
+    b_u = tl.dot(b_Ai, b_v * b_beta[:, None], input_precision=DOT_PRECISION)
     tl.store(w + o_bth[:, None] * K + o_k[None, :], b_w, mask=m_t[:, None] & m_k[None, :])
     tl.store(u + o_bth[:, None] * V + o_v[None, :], b_u, mask=m_t[:, None] & m_v[None, :])
     tl.store(g_cum + o_bth, b_g, mask=m_t)
