@@ -64,7 +64,9 @@ def _load_checkpoint(model_id: str, device: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_id)
-    model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map=device).eval()
+    # Straight onto an accelerator (device_map needs `accelerate`); on the CPU no map is needed.
+    device_map = None if device == "cpu" else device
+    model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map=device_map).eval()
     if model.config.model_type != "qwen3_next":
         raise ValueError(f"{model_id} is a {model.config.model_type!r} model; the demo needs a Qwen3-Next one")
     return LoadedModel(

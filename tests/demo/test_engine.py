@@ -5,7 +5,10 @@ import pytest
 import hf_hybrid_cache as hhc
 from demo.engine import ChatEngine
 from demo.loader import load_model
-from demo.panels import store_markdown, turn_line
+from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
+
+pytest.importorskip("pandas", reason="the demo needs the [demo] extra: pip install -e '.[demo]'")
+from demo.panels import store_markdown, turn_line  # noqa: E402
 
 PROMPT = "A prefix cache serves the repeated start of a prompt from memory. " * 3
 
@@ -59,3 +62,15 @@ def test_configure_store_swaps_only_on_a_change(engine):
 def test_empty_prompt_is_refused(engine):
     with pytest.raises(ValueError, match="empty"):
         next(engine.stream([], max_new_tokens=4))
+
+
+def test_model_flag_loads_a_saved_checkpoint(tmp_path):
+    # What `--model PATH` does, offline: a checkpoint and tokenizer saved by save_pretrained.
+    tiny_qwen3_next(seed=1).save_pretrained(tmp_path)
+    tiny_byte_tokenizer().save_pretrained(tmp_path)
+    engine = ChatEngine(load_model(str(tmp_path)), max_bytes=16 << 20)
+    engine.configure_store("all", 16)
+    messages = [{"role": "system", "content": "Be brief. " * 4}, {"role": "user", "content": "Hi?"}]
+    *_, (_, stats) = engine.stream(engine.chat_prompt_ids(messages), max_new_tokens=2)
+    assert engine.loaded.name == str(tmp_path)
+    assert stats.prompt_tokens == len(engine.chat_prompt_ids(messages)) and stats.new_tokens >= 1
