@@ -6,7 +6,7 @@ import torch
 
 from hf_hybrid_cache import kernels
 from hf_hybrid_cache.kernels.chunk_triton import chunk_gated_delta_rule_triton
-from hf_hybrid_cache.kernels.conv_triton import causal_conv1d_update_triton
+from hf_hybrid_cache.kernels.conv_triton import causal_conv1d_triton, causal_conv1d_update_triton
 from hf_hybrid_cache.kernels.paged_triton import paged_kv_gather_triton, paged_kv_write_triton
 from hf_hybrid_cache.kernels.recurrent_triton import recurrent_gated_delta_rule_triton
 
@@ -20,6 +20,16 @@ def gdn(**overrides):
         g=-torch.rand(B, T, HV), beta=torch.rand(B, T, HV), initial_state=None, checkpoint_offsets=(),
     )
     return {**args, **overrides}
+
+
+def decode(**overrides):
+    """Valid recurrent_gated_delta_rule arguments, some replaced."""
+    args = {name: x for name, x in gdn().items() if name not in ("initial_state", "checkpoint_offsets")}
+    return {**args, "state": torch.zeros(B, HV, K, V), **overrides}
+
+
+def meta(*shape):
+    return torch.zeros(*shape, device="meta")
 
 
 GDN_ERRORS = [
@@ -64,10 +74,8 @@ def test_offsets_accept_any_integer_type():
 
 
 def test_recurrent_state_must_be_fp32():
-    args = gdn()
-    del args["initial_state"], args["checkpoint_offsets"]
     with pytest.raises(TypeError, match="state must be float32"):
-        kernels.recurrent_gated_delta_rule(**args, state=torch.zeros(B, HV, K, V, dtype=torch.bfloat16))
+        kernels.recurrent_gated_delta_rule(**decode(state=torch.zeros(B, HV, K, V, dtype=torch.bfloat16)))
 
 
 CONV_ERRORS = [
@@ -110,18 +118,26 @@ def test_paged_kv_errors(overrides, error, message):
         kernels.paged_kv_write(**{**args, **overrides})
 
 
-def test_launchers_refuse_devices_the_interpreter_cannot_run():
-    args = gdn(q=torch.randn(B, T, HK, K, device="meta"))
-    with pytest.raises(ValueError, match=r"q is on meta; .*interpreted.*pass CPU tensors"):
-        chunk_gated_delta_rule_triton(**args)
+LAUNCHERS_ON_META = {
+    "chunk": lambda: chunk_gated_delta_rule_triton(**gdn(q=meta(B, T, HK, K))),
+    "recurrent": lambda: recurrent_gated_delta_rule_triton(**decode(state=meta(B, HV, K, V))),
+    "conv": lambda: causal_conv1d_triton(meta(1, 6, 5), torch.randn(6, 4)),
+    "conv_update": lambda: causal_conv1d_update_triton(torch.randn(1, 6, 1), meta(1, 6, 4), torch.randn(6, 4)),
+    "paged_write": lambda: paged_kv_write_triton(torch.zeros(2, 2, 1, 4, 8), torch.tensor([0]), *[meta(1, 4, 8)] * 2),
+    "paged_gather": lambda: paged_kv_gather_triton(meta(2, 2, 1, 4, 8), torch.tensor([0])),
+}
+
+
+@pytest.mark.parametrize("launch", LAUNCHERS_ON_META.values(), ids=LAUNCHERS_ON_META.keys())
+def test_launchers_refuse_devices_the_interpreter_cannot_run(launch):
+    with pytest.raises(ValueError, match=r"is on meta; .*interpreted.*pass CPU tensors"):
+        launch()
 
 
 def test_launchers_refuse_non_contiguous_in_place_tensors():
-    args = gdn()
-    del args["initial_state"], args["checkpoint_offsets"]
     transposed_state = torch.zeros(B, HV, V, K).transpose(2, 3)
     with pytest.raises(ValueError, match=r"state must be contiguous.*allocate it contiguous"):
-        recurrent_gated_delta_rule_triton(**args, state=transposed_state)
+        recurrent_gated_delta_rule_triton(**decode(state=transposed_state))
     with pytest.raises(ValueError, match=r"conv_state must be contiguous"):
         causal_conv1d_update_triton(torch.randn(1, 6, 1), torch.zeros(1, 4, 6).transpose(1, 2), torch.randn(6, 4))
     pages = torch.zeros(2, 4, 2, 8, 16).transpose(0, 1)
