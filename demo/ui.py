@@ -75,7 +75,9 @@ def build_ui(engine: ChatEngine, max_new_tokens: int) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 # Raw text: the tiny model's random punctuation would otherwise render as markdown.
-                chatbot = gr.Chatbot(elem_id="chat", height=440, label="Chat", buttons=[], render_markdown=False)
+                chatbot = gr.Chatbot(
+                    elem_id="chat", height=440, label="Chat", buttons=[], render_markdown=False
+                )
                 with gr.Row():
                     message = gr.Textbox(
                         placeholder="Type a message and press Enter",

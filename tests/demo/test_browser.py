@@ -1,7 +1,8 @@
 """The chat page in headless Chromium (Debian's, driven by Playwright; no browser download).
 
 Two turns in one tab: the second reuses the first's prefix. A second tab (its own session) with the
-same system prompt then hits the store the first tab filled. Saves a screenshot to artifacts/demo.png.
+same system prompt then hits the store the first tab filled, and a mode change made there reaches the
+first tab's store panel. Saves a screenshot to artifacts/demo.png.
 """
 
 import re
@@ -79,3 +80,11 @@ def test_second_turn_and_a_second_tab_hit_the_store(browser, demo_url):
 
     other_tab = _open_chat(browser, demo_url, system_prompt)
     assert _send(other_tab, "Something else entirely?")["cached"] > 0
+
+    # The mode belongs to the shared store: changing it starts an empty one, and every tab's panel says so.
+    other_tab.locator("#mode").get_by_label("align").check()
+    sync_api.expect(page.locator("#store")).to_contain_text("align / 16 tokens", timeout=30_000)
+    sync_api.expect(page.locator("#store")).to_contain_text("no queries yet")
+    # Back to the app's mode, which the other tests of this session rely on.
+    other_tab.locator("#mode").get_by_label("all").check()
+    sync_api.expect(page.locator("#store")).to_contain_text("all / 16 tokens", timeout=30_000)
