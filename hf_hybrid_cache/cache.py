@@ -85,6 +85,7 @@ class HybridPrefixCache(Cache):
         self.num_cached_tokens = 0
         self._token_ids: torch.Tensor | None = None  # `[seq_len]` the tokens the live state holds (batch 1)
         self._recording = False
+        self._in_request = False  # between begin_request and end/abort_request (see `_check_in_request`)
         self._prompt_len = 0
         self._hit: Hit | None = None
         # boundary (tokens) -> per GDN layer position: (conv `[conv_dim, conv_width]`, SSM `[H, K, V]`)
@@ -97,6 +98,24 @@ class HybridPrefixCache(Cache):
         )
 
     # -- the GDN forward's side --------------------------------------------------------------------------
+
+    def get_conv_state(self, layer_idx: int, state_idx: int = 0) -> torch.Tensor | None:
+        self._check_in_request()
+        return super().get_conv_state(layer_idx, state_idx)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        self._check_in_request()
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def _check_in_request(self) -> None:
+        # Each forward reads a GDN state or writes K/V before changing anything. Outside our generate
+        # (another, unpatched model's generate) the live state would continue another model's sequence.
+        if not self._in_request:
+            name = getattr(self.model.config, "name_or_path", "") or type(self.model).__name__
+            raise RuntimeError(
+                f"This HybridPrefixCache was built for {name} and runs only inside that patched model's "
+                "generate(..., past_key_values=cache). For another model, create HybridPrefixCache(other_model, store=...)."
+            )
 
     def snapshot_offsets(self, layer_idx: int, seq_len: int) -> list[int]:
         """Offsets in `[1, seq_len]` of the coming step after which layer `layer_idx` must snapshot its state."""
@@ -138,6 +157,7 @@ class HybridPrefixCache(Cache):
 
     def begin_request(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
         """Before generate: restore the longest cached prefix of `input_ids` `[batch, prompt_len]`."""
+        self._in_request = True
         self.num_cached_tokens = 0
         self._pending = {}
         self._recording = False
@@ -199,6 +219,7 @@ class HybridPrefixCache(Cache):
             self._hit = None
         self._pending = {}
         self._recording = False
+        self._in_request = False
 
     def _publish(self, token_ids: torch.Tensor) -> None:
         block_size = self.store.block_size

@@ -67,7 +67,7 @@ def _check_generation_settings(model, kwargs) -> None:
 def _check_input_ids(model, input_ids) -> None:
     if not isinstance(input_ids, torch.Tensor):
         return  # inputs_embeds: nothing to look up, generate validates the rest
-    if input_ids.ndim != 2 or input_ids.shape[-1] == 0:
+    if input_ids.ndim != 2 or input_ids.numel() == 0:
         raise ValueError(
             f"input_ids must be a non-empty [batch, seq_len] tensor, got shape {tuple(input_ids.shape)}: "
             "tokenize a non-empty prompt, e.g. tokenizer(text, return_tensors='pt').input_ids."
