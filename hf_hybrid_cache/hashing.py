@@ -22,7 +22,9 @@ def _digest(*parts: bytes) -> bytes:
 
 def root_key(model_fingerprint: bytes, namespace: str | None) -> bytes:
     """The key every chain starts from: entries of different models or namespaces never meet."""
-    return _digest(b"hf_hybrid_cache/root", model_fingerprint, (namespace or "").encode())
+    # No namespace and the empty namespace "" are distinct tenants: the tag byte keeps them apart.
+    tagged = b"-" if namespace is None else b"=" + namespace.encode()
+    return _digest(b"hf_hybrid_cache/root", model_fingerprint, tagged)
 
 
 def block_keys(root: bytes, token_ids: torch.Tensor, block_size: int) -> list[bytes]:
