@@ -1,6 +1,8 @@
 """Fast chunked gated delta rule for CPU tensors, in plain PyTorch (batched matmuls, no per-token loop).
 
 Same contract as `chunk_gated_delta_rule_ref` in `reference.py`; the Triton kernels live elsewhere.
+Memory is linear in T: every chunk-start state is kept (`[T / 64 + 1, B, Hv, K, V]` fp32) beside about ten
+`[T / 64, B, Hv, 64, 64]`-sized fp32 intermediates, each as large as v in fp32 when K = V = 64.
 """
 
 import math
@@ -9,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 # Intra-chunk work grows with the chunk size, the sequential loop shrinks with it; measured at T=2048 on
-# the tiny benchmark model's shapes (benchmarks/kernels.py).
+# the tiny benchmark model's shapes, 32 and 64 tie and 128 is slower (benchmarks/cpu_kernels.py).
 CHUNK_SIZE = 64
 # Decays below exp(-30) ≈ 1e-13 are flushed to exactly zero: far below fp32 resolution, and without the
 # flush the strong decays of real models (g ≈ -10 per token) fill the matmuls and the triangular solve with
@@ -118,10 +120,10 @@ def chunk_gated_delta_rule_cpu(
     g = _to_chunks(g, chunk_size).view(group_shape)
     beta = _to_chunks(beta, chunk_size).view(group_shape)
 
-    # Log decay from the chunk start. decay[i, j] = exp(G_i - G_j) for j <= i and exp(-inf) = 0 above the
-    # diagonal: no exp of a positive number, so nothing overflows however strong the decay.
+    # Log decay from the chunk start, G. decay[i, j] = exp(G_i - G_j) for j <= i, 0 above the diagonal (a
+    # -inf mask, added: 10x faster than masked_fill): no exp of a positive number, so nothing overflows.
     cum_g = g.cumsum(-1)
-    causal_mask = torch.full((chunk_size, chunk_size), float("-inf")).triu_(1)  # adding is 10x faster than masked_fill
+    causal_mask = torch.full((chunk_size, chunk_size), float("-inf")).triu_(1)
     decay = _exp_floored((cum_g[..., :, None] - cum_g[..., None, :]).add_(causal_mask))
     decay_in = _exp_floored(cum_g.clone())  # from the chunk start to token i
     decay_out = _exp_floored(cum_g[..., -1:] - cum_g)  # from token i to the chunk end
@@ -135,8 +137,8 @@ def chunk_gated_delta_rule_cpu(
 
     # UT transform, per chunk: u = (I + strictly_lower(ut_decayed))^-1 beta v. The solve for w, the
     # decayed keys, factors out their decay exactly: w = exp(G) w_plain with w_plain = (I +
-    # strictly_lower(ut_plain))^-1 beta k, bounded by 1 (a product of contractions). Solving for w
-    # directly would build exp(G_i) out of products of small decays, which underflow into denormals.
+    # strictly_lower(ut_plain))^-1 beta k, of norm <= 1 for unit keys (products of contractions). Solving
+    # for w directly would build exp(G_i) out of products of small decays, which underflow into denormals.
     # unitriangular=True reads only the strict lower triangle; the column-major right-hand sides (time-last
     # tensors, transposed) are solved in place.
     u = v_t.mul_(beta[..., None, :]).mT
