@@ -32,3 +32,10 @@ def test_an_interpreted_launch_writes_its_output():
     keys, values = paged_triton.paged_kv_gather_triton(pages, torch.tensor([2, 0]))
     assert torch.equal(keys, torch.cat([pages[2, 0], pages[0, 0]], dim=1))
     assert torch.equal(values, torch.cat([pages[2, 1], pages[0, 1]], dim=1))
+
+
+def test_triton_library_is_interpreted():
+    """Even when another test folder imported triton first (see conftest), tl.sum and friends are interpreted."""
+    import triton.language as tl
+
+    assert launch.is_interpreted(tl.sum) and launch.is_interpreted(tl.cumsum)
