@@ -54,7 +54,7 @@ def test_random_churn_equals_cold_and_keeps_invariants(model, cold_model):
             cold_runs[key] = cold_generate(cold_model, prompt, max_new_tokens=max_new_tokens)
         return cold_runs[key]
 
-    @settings(max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=50, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(scenario=scenario_strategy)
     def churn(scenario):
         block_size, mode = scenario["block_size"], scenario["mode"]
