@@ -68,6 +68,38 @@ def test_fault_inside_a_layer_publishes_nothing(model, cold_model, error, fail_o
     assert store.violations == []
 
 
+class FailingRestoreStore(CheckedPrefixStore):
+    """Raises `error` once, when a hit's snapshot is read (its blocks are pinned by then)."""
+
+    def __init__(self, error, **kwargs):
+        super().__init__(**kwargs)
+        self.error, self.armed = error, False
+
+    def read_snapshot(self, hit):
+        if self.armed:
+            self.armed = False
+            raise self.error
+        return super().read_snapshot(hit)
+
+
+@pytest.mark.parametrize("error", [InjectedFault("read failed"), KeyboardInterrupt()], ids=["exception", "interrupt"])
+def test_fault_while_restoring_a_hit_releases_it(model, cold_model, error):
+    store = FailingRestoreStore(error, block_size=BLOCK_SIZE, mamba_cache_mode="all", max_bytes=64 << 20)
+    prompt = prompt_family(1, prefix_len=40, tail_len=30, seed=34)[0]
+    run(model, prompt, store)
+    keys = store.lru_keys()
+    store.armed = True
+    cache = hhc.HybridPrefixCache(model, store=store)
+    with pytest.raises(type(error)):
+        run(model, prompt, store, cache)
+    assert store.stats()["queries"] == 2 and sorted(store.lru_keys()) == sorted(keys)
+    assert_store_at_rest(store)
+    output, cache = run(model, prompt, store, cache)
+    assert_same_as_cold(output, cold_generate(cold_model, prompt, max_new_tokens=MAX_NEW_TOKENS))
+    assert cache.num_cached_tokens == 64
+    assert store.violations == []
+
+
 class FailingPublishStore(CheckedPrefixStore):
     """Raises `error` while writing the page (or the snapshot) of block `fail_block` of a publish."""
 
