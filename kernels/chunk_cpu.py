@@ -10,8 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Intra-chunk work grows with the chunk size, the sequential loop shrinks with it; measured at T=2048 on
-# the tiny benchmark model's shapes, 32 and 64 tie and 128 is slower (benchmarks/cpu_kernels.py).
+# Intra-chunk work grows with the chunk size, the sequential loop shrinks with it. At T=2048 on the tiny
+# benchmark model's shapes (one thread, paired runs) 32 and 64 tie and 128 is ~25 % slower.
 CHUNK_SIZE = 64
 # Decays below exp(-30) ≈ 1e-13 are flushed to exactly zero: far below fp32 resolution, and without the
 # flush the strong decays of real models (g ≈ -10 per token) fill the matmuls and the triangular solve with
