@@ -1,5 +1,4 @@
-"""Starts `demo/app.py` once per test session on a free loopback port, and always stops it; resets the
-process-wide store around the in-process tests.
+"""Starts `demo/app.py` once per test session on a free loopback port, and always stops it.
 
 Small settings (8 new tokens, 16-token blocks) keep the runs short; the model is the demo's tiny one.
 """
@@ -42,15 +41,6 @@ def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path) -> 
             pass
         time.sleep(0.5)
     raise TimeoutError(f"demo/app.py did not serve {url} within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
-
-
-@pytest.fixture(autouse=True)
-def fresh_default_store():
-    import hf_hybrid_cache as hhc
-
-    hhc.set_default_store(None)
-    yield
-    hhc.set_default_store(None)
 
 
 @pytest.fixture(scope="session")
