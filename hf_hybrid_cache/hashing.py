@@ -39,23 +39,19 @@ def block_keys(root: bytes, token_ids: torch.Tensor, block_size: int) -> list[by
 
 
 def model_fingerprint(model: torch.nn.Module) -> bytes:
-    """Digest of the config, dtype, devices and a sample of every parameter's values.
+    """Digest of the config, dtypes, devices and a sample of every parameter's values.
 
     Reading all weights of an 80B model would take seconds; the first and last values of each tensor
-    are enough to tell apart two checkpoints (or two random initialisations) of one architecture. The
-    digest is kept on the model and recomputed only when a parameter is replaced or modified in place
-    (its storage address or version counter changes), so a cache per request costs no device sync.
+    tell apart two checkpoints (or two random initialisations) of one architecture. Computed anew for
+    each cache, so weights swapped in place (even through `param.data`) never meet their old entries;
+    the samples of each device travel to the host in one copy.
     """
-    params = list(model.named_parameters())
-    state = tuple((param.data_ptr(), param._version, param.device) for _, param in params)
-    cached = getattr(model, "_hf_hybrid_cache_fingerprint", None)
-    if cached is not None and cached[0] == state:
-        return cached[1]
-    parts = [model.config.to_json_string(use_diff=False).encode()]
-    for name, param in params:
+    names, samples_by_device = [], {}
+    for name, param in model.named_parameters():
         flat = param.detach().reshape(-1)
-        sample = torch.cat([flat[:16], flat[-16:]]).to("cpu", torch.float32)
-        parts += [name.encode(), str(param.dtype).encode(), str(param.device).encode(), sample.numpy().tobytes()]
-    digest = _digest(*parts)
-    model._hf_hybrid_cache_fingerprint = (state, digest)
-    return digest
+        names.append(f"{name}:{param.dtype}:{param.device}:{param.numel()}")
+        samples_by_device.setdefault(param.device, []).append(torch.cat([flat[:16], flat[-16:]]).float())
+    parts = [model.config.to_json_string(use_diff=False).encode(), "\n".join(names).encode()]
+    for device in sorted(samples_by_device, key=str):
+        parts.append(torch.cat(samples_by_device[device]).cpu().numpy().tobytes())
+    return _digest(*parts)
