@@ -1,4 +1,4 @@
-"""Shared fixtures: every test starts with a fresh process-wide store."""
+"""Shared fixtures: tiny Qwen3-Next models (fixed seed), and a fresh process-wide store for every test."""
 
 import os
 
@@ -9,6 +9,19 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 
 import hf_hybrid_cache as hhc  # noqa: E402
+from hf_hybrid_cache.tiny import tiny_qwen3_next  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cold_model():
+    """Unpatched: transformers' own code path."""
+    return tiny_qwen3_next(seed=0)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The same weights, patched."""
+    return hhc.patch(tiny_qwen3_next(seed=0))
 
 
 @pytest.fixture(autouse=True)

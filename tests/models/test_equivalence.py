@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hf_hybrid_cache as hhc
-from conftest import assert_same_as_cold, cold_generate, generate, random_tokens
+from cold_oracle import assert_same_as_cold, cold_generate, generate, random_tokens
 
 MODES = ["none", "align", "all"]
 # 64 is a multiple of the kernels' 64-token chunk; 48 and 40 are not.

@@ -3,7 +3,7 @@
 import torch
 from transformers import DynamicCache
 
-from conftest import random_tokens
+from cold_oracle import random_tokens
 
 
 def test_multi_token_step_continues_from_cached_gdn_state(cold_model):

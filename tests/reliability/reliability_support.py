@@ -1,24 +1,13 @@
-"""Helpers for the reliability tests: the tiny-model oracle of tests/models (loaded by path, so that
-folder stays untouched), a store that checks itself after every operation, and leak checks."""
+"""Helpers for the reliability tests: a store that checks itself after every operation, and leak checks.
+The cold-run oracle is re-exported from `cold_oracle` for the test modules' convenience."""
 
-import importlib.util
-import pathlib
 import threading
 
 import torch
 
 import hf_hybrid_cache as hhc
 
-_spec = importlib.util.spec_from_file_location(
-    "hf_hybrid_cache_tests_models_conftest", pathlib.Path(__file__).parents[1] / "models" / "conftest.py"
-)
-models_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(models_conftest)
-
-assert_same_as_cold = models_conftest.assert_same_as_cold
-cold_generate = models_conftest.cold_generate
-generate = models_conftest.generate
-random_tokens = models_conftest.random_tokens
+from cold_oracle import assert_same_as_cold, cold_generate, generate, random_tokens  # noqa: F401
 
 
 class CheckedPrefixStore(hhc.PrefixStore):

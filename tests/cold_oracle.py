@@ -1,25 +1,12 @@
-"""Tiny Qwen3-Next models (fixed seeds) and the cold `DynamicCache` oracle every cached run is held to."""
+"""The cold `DynamicCache` oracle every cached run is held to, and deterministic prompts.
 
-import pytest
+Imported by test modules as `from cold_oracle import ...` (tests/ is on sys.path through its conftest).
+"""
+
 import torch
 from transformers import DynamicCache
 
-import hf_hybrid_cache as hhc
-from hf_hybrid_cache.tiny import tiny_qwen3_next
-
 FIRST_LOGITS_TOLERANCE = 1e-3
-
-
-@pytest.fixture(scope="session")
-def cold_model():
-    """Unpatched: transformers' own code path."""
-    return tiny_qwen3_next(seed=0)
-
-
-@pytest.fixture(scope="session")
-def model():
-    """The same weights, patched."""
-    return hhc.patch(tiny_qwen3_next(seed=0))
 
 
 def random_tokens(num_tokens: int, seed: int) -> torch.Tensor:
