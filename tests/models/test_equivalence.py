@@ -157,3 +157,18 @@ def test_reused_cache_continues_a_conversation(model, cold_model):
     assert cache.num_cached_tokens == 0  # served from its own live state, not the store
     with pytest.raises(ValueError, match="new HybridPrefixCache"):
         generate(model, random_tokens(120, seed=14)[None], cache)
+
+
+@pytest.mark.parametrize("mode", ["align", "all"])
+@pytest.mark.parametrize("block_size", [1, 7, 40], ids=lambda bs: f"bs{bs}")
+def test_one_token_tail_after_a_hit(model, cold_model, mode, block_size):
+    """A repeat of a prompt one token past a boundary leaves a single token to compute: it runs as a
+    one-token step on the restored state (other engines produced NaN there)."""
+    prompt = random_tokens(3 * block_size + 1, seed=15)[None]
+    store = make_store(mode, block_size)
+    generate(model, prompt, hhc.HybridPrefixCache(model, store=store))
+    cache = hhc.HybridPrefixCache(model, store=store)
+    output = generate(model, prompt, cache)
+    assert cache.num_cached_tokens == 3 * block_size
+    assert torch.isfinite(output.logits[0]).all()
+    assert_same_as_cold(output, cold_generate(cold_model, prompt))
