@@ -12,11 +12,4 @@ from .dispatch import (
     recurrent_gated_delta_rule,
 )
 
-__all__ = [
-    "causal_conv1d",
-    "causal_conv1d_update",
-    "chunk_gated_delta_rule",
-    "paged_kv_gather",
-    "paged_kv_write",
-    "recurrent_gated_delta_rule",
-]
+from .dispatch import __all__  # noqa: F401 - the public ops, listed once in dispatch.py
