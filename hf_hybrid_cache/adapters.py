@@ -1,29 +1,32 @@
-"""Which model families are supported, and the adapter module that knows each one's layers.
+"""The gated-delta-rule mixers that run on our one-pass kernels, and the adapter module of each.
 
-An adapter module provides `layout(model) -> ModelLayout` and `patch_layers(model)`; it is imported
-only when a model of its family shows up.
+Keyed by the name of transformers' mixer class, so that an adapter (and its transformers modeling module)
+is imported only when a model holding that mixer shows up. An adapter module maps transformers' class to
+ours in `PATCHED_MIXERS`. Every other layer runs transformers' own forward (the generic path).
 """
 
 import importlib
-from types import ModuleType
 
 import torch
 
-ADAPTER_MODULES = {"qwen3_next": "hf_hybrid_cache.qwen3_next"}
+ADAPTER_MODULES = {
+    "Qwen3NextGatedDeltaNet": "hf_hybrid_cache.qwen3_next",
+    "Qwen3_5GatedDeltaNet": "hf_hybrid_cache.qwen3_5",
+    "Qwen3_5MoeGatedDeltaNet": "hf_hybrid_cache.qwen3_5",
+    "OlmoHybridGatedDeltaNet": "hf_hybrid_cache.olmo_hybrid",
+}
 
 
-def adapter_for(model: torch.nn.Module) -> ModuleType:
-    """The adapter module for `model`, or a ValueError listing what is supported."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    supported = ", ".join(sorted(ADAPTER_MODULES))
-    if model_type not in ADAPTER_MODULES:
-        raise ValueError(
-            f"hf_hybrid_cache supports model types: {supported} (causal LMs such as Qwen3NextForCausalLM); "
-            f"got {type(model).__name__} with model_type={model_type!r}."
-        )
-    if not hasattr(model, "generate") or not hasattr(model, "model"):
-        raise ValueError(
-            f"hf_hybrid_cache needs the causal LM with generate() (for {supported}: Qwen3NextForCausalLM), "
-            f"got {type(model).__name__}."
-        )
-    return importlib.import_module(ADAPTER_MODULES[model_type])
+def patched_mixer_class(module: torch.nn.Module) -> type | None:
+    """Our one-pass class for `module` (one of transformers' GatedDeltaNets), or None if it has none."""
+    adapter = ADAPTER_MODULES.get(type(module).__name__)
+    if adapter is None:
+        return None
+    # By class, not name alone: a remote-code class of the same name is left to the generic path.
+    return importlib.import_module(adapter).PATCHED_MIXERS.get(type(module))
+
+
+def is_patched_mixer(module: torch.nn.Module) -> bool:
+    from .gated_delta_net import PrefixGatedDeltaNet
+
+    return isinstance(module, PrefixGatedDeltaNet)

@@ -1,54 +1,148 @@
 """What a model's cache looks like, layer by layer: the shapes, dtypes and devices the store must hold.
 
-Model adapters (see `qwen3_next.py`) build a `ModelLayout`; the store compares layouts to refuse a model
-whose cache would not fit the pools it already holds.
+The layout is read off a real cache rather than described per family: `probe_layout` runs the model on one
+token with transformers' own `DynamicCache` and records what each cache layer then holds. Any model whose
+layer types `cache_utils.DYNAMIC_LAYER_TYPE_MAPPING` knows is described this way, with no family code.
 """
 
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import (
+    DummyLayer,
+    DynamicCache,
+    DynamicLayer,
+    LinearAttentionAndFullAttentionLayer,
+    LinearAttentionCacheLayerMixin,
+    LinearAttentionLayer,
+)
+
+# The cache layer kinds whose whole state is a prefix's K/V plus fixed-size recurrent states. A sliding window
+# keeps only its last tokens' K/V, so a block's page cannot be read back from it after the request.
+SUPPORTED_CACHE_LAYERS = (DynamicLayer, LinearAttentionLayer, LinearAttentionAndFullAttentionLayer, DummyLayer)
 
 
 @dataclass(frozen=True)
-class AttentionLayerSpec:
-    """A full-attention layer: K/V of `[num_kv_heads, num_tokens, head_dim]` per sequence."""
+class TensorSpec:
+    """One cached tensor of one sequence (no batch dimension)."""
 
-    layer_idx: int
-    num_kv_heads: int
-    head_dim: int
+    shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
+
+    @property
+    def num_bytes(self) -> int:
+        return torch.Size(self.shape).numel() * torch.empty((), dtype=self.dtype).element_size()
 
 
 @dataclass(frozen=True)
-class LinearLayerSpec:
-    """A Gated-DeltaNet layer: conv state `[conv_dim, conv_width]` (model dtype) and SSM state
-    `[num_heads, head_k_dim, head_v_dim]` (fp32, as transformers keeps it) per sequence."""
+class StateSpec:
+    """One recurrent state of a layer: `kind` "conv" or "recurrent", the layer's `state_idx`, its tensor."""
+
+    kind: str
+    state_idx: int
+    tensor: TensorSpec
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A cached layer. `kv`: one token's keys (values have the same shape) `[num_kv_heads, head_dim]`, or
+    None; `states`: the recurrent states it carries (conv `[conv_dim, conv_width]`, SSM `[...]`), maybe none."""
 
     layer_idx: int
-    conv_dim: int
-    conv_width: int
-    num_heads: int
-    head_k_dim: int
-    head_v_dim: int
-    dtype: torch.dtype
-    device: torch.device
+    kv: TensorSpec | None
+    states: tuple[StateSpec, ...]
 
 
 @dataclass(frozen=True)
 class ModelLayout:
-    """Every cached layer of a model, in layer order within each kind."""
+    """Every cached layer of a model, in layer order (layers without a cache, such as MLP-only ones, omitted)."""
 
     model_type: str
     num_layers: int
-    attention: tuple[AttentionLayerSpec, ...]
-    linear: tuple[LinearLayerSpec, ...]
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def attention(self) -> tuple[LayerSpec, ...]:
+        """Layers with K/V, whose pages a block holds."""
+        return tuple(layer for layer in self.layers if layer.kv is not None)
+
+    @property
+    def recurrent(self) -> tuple[LayerSpec, ...]:
+        """Layers with recurrent states, whose snapshots a block may hold."""
+        return tuple(layer for layer in self.layers if layer.states)
+
+    @property
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        """Every recurrent state of the model, in the order snapshots store them."""
+        return tuple(state for layer in self.recurrent for state in layer.states)
 
     def describe(self) -> str:
         """One line for error messages."""
-        devices = sorted({str(spec.device) for spec in (*self.attention, *self.linear)})
-        dtypes = sorted({str(spec.dtype) for spec in (*self.attention, *self.linear)})
+        specs = [layer.kv for layer in self.attention] + [state.tensor for state in self.state_specs]
+        devices = sorted({str(spec.device) for spec in specs})
+        dtypes = sorted({str(spec.dtype) for spec in specs})
         return (
-            f"{self.model_type}: {self.num_layers} layers ({len(self.attention)} attention, "
-            f"{len(self.linear)} linear), dtype {'/'.join(dtypes)}, device {'/'.join(devices)}"
+            f"{self.model_type}: {self.num_layers} layers ({len(self.attention)} with K/V, "
+            f"{len(self.recurrent)} recurrent), dtype {'/'.join(dtypes)}, device {'/'.join(devices)}"
         )
+
+
+def model_layout(model: torch.nn.Module) -> ModelLayout:
+    """`probe_layout(model)`, probed again only when a parameter changed dtype or device since the last call."""
+    placement = tuple((param.dtype, param.device) for param in model.parameters())
+    memo = getattr(model, "_hf_hybrid_cache_layout", None)
+    if memo is None or memo[0] != placement:
+        memo = (placement, probe_layout(model))
+        model._hf_hybrid_cache_layout = memo
+    return memo[1]
+
+
+def probe_layout(model: torch.nn.Module) -> ModelLayout:
+    """Run `model` on one token with a `DynamicCache` and describe what each cache layer holds.
+
+    Runs without gradients, in eval mode (gradient checkpointing would turn the cache off) and with the
+    random number generators forked, so the model and its RNG streams are left exactly as they were.
+    Raises ValueError for K/V the store cannot page (keys and values of different shapes).
+    """
+    text_config = model.config.get_text_config(decoder=True)
+    cache = DynamicCache(config=model.config)
+    embeddings = model.get_input_embeddings()
+    token = torch.zeros((1, 1), dtype=torch.long, device=embeddings.weight.device)
+    training = [(module, module.training) for module in model.modules()]
+    cuda_devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda_devices):
+            model(input_ids=token, cache=cache, use_cache=True)
+    finally:
+        for module, was_training in training:
+            module.training = was_training
+    layers = [_layer_spec(model, layer_idx, layer) for layer_idx, layer in enumerate(cache.layers)]
+    return ModelLayout(
+        model_type=text_config.model_type,
+        num_layers=len(cache.layers),
+        layers=tuple(spec for spec in layers if spec is not None),
+    )
+
+
+def _layer_spec(model, layer_idx: int, layer) -> LayerSpec | None:
+    kv = None
+    if isinstance(layer, DynamicLayer) and getattr(layer, "keys", None) is not None and layer.keys.numel():
+        keys, values = layer.keys[0, :, 0], layer.values[0, :, 0]
+        if keys.shape != values.shape or keys.dtype != values.dtype:
+            raise ValueError(
+                f"{type(model).__name__} caches keys {tuple(keys.shape)} and values {tuple(values.shape)} of "
+                f"different shapes at layer {layer_idx} (latent attention): hf_hybrid_cache pages K/V of equal shapes only."
+            )
+        kv = TensorSpec(tuple(keys.shape), keys.dtype, keys.device)
+    states = []
+    if isinstance(layer, LinearAttentionCacheLayerMixin):
+        for state_idx in range(layer.number_of_states):
+            for kind, tensors in (("conv", layer.conv_states), ("recurrent", layer.recurrent_states)):
+                tensor = tensors[state_idx]
+                if tensor is not None:
+                    states.append(StateSpec(kind, state_idx, TensorSpec(tuple(tensor.shape[1:]), tensor.dtype, tensor.device)))
+    if kv is None and not states:
+        return None
+    return LayerSpec(layer_idx, kv, tuple(states))

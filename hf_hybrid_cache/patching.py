@@ -1,30 +1,123 @@
-"""`patch(model)`: GDN layers on our kernels, and a `generate` that serves and feeds the prefix store.
+"""`patch(model)`: gated-delta-rule layers on our one-pass kernels, and a `generate` that serves and feeds the
+prefix store.
 
+Two paths, picked per model. One-pass: every recurrent layer is a GatedDeltaNet we have an adapter for
+(`adapters.py`), whose forward hands over the states at block boundaries inside a prefill. Generic: any
+other recurrent layer (Mamba, Mamba2, short convs, KDA ...) runs transformers' own forward, and the prefill
+is split at exactly the boundaries the mode saves. Models without recurrent layers need neither.
 The wrapped `generate` only acts when the cache passed in is a `HybridPrefixCache`; anything else goes
 straight to transformers' own `generate`.
 """
 
+import inspect
 import types
 
 import torch
+from transformers.cache_utils import DynamicCache
 
-from .adapters import adapter_for
+from .adapters import is_patched_mixer, patched_mixer_class
 from .cache import HybridPrefixCache
+from .layout import SUPPORTED_CACHE_LAYERS, model_layout
+
+ONE_PASS = "one-pass"
+GENERIC = "generic"
+# Inputs whose content the block keys cannot see: such requests run uncached.
+UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "image_embeds", "inputs_embeds")
+SUPPORTED_MODELS = (
+    "decoder-only models whose cache layers are full attention, recurrent states or both: gated-delta-rule "
+    "families on our kernels (qwen3_next, qwen3_5, qwen3_5_moe, olmo_hybrid), Mamba / Mamba2 / short-conv "
+    "hybrids on transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, jamba, lfm2, ...), "
+    "and plain attention models (llama, qwen3, mistral, ...)"
+)
 
 
 def patch(model: torch.nn.Module) -> torch.nn.Module:
-    """Prepare `model` (a Qwen3-Next causal LM) for `HybridPrefixCache`; idempotent. Returns `model`.
+    """Prepare `model` for `HybridPrefixCache`; idempotent. Returns `model`.
 
-    Outputs are unchanged with a `DynamicCache` or no cache at all.
+    Accepts every model class of a supported family (causal LMs, vision-language models, base models,
+    classification heads): its GatedDeltaNet layers, if any, run on our kernels. Models with `generate`
+    also gain the prefix-cache wrapper. Outputs are unchanged with any other cache or none, and anything
+    autograd differentiates runs on transformers' own layers.
+
+    Raises:
+        ValueError: the model cannot be served (encoder-decoder, sliding-window or indexed attention, no
+            attention layer at all, weights not loaded); the message says why and lists what is supported.
     """
-    adapter = adapter_for(model)
     if getattr(model, "_hf_hybrid_cache_patched", False):
         return model
-    adapter.patch_layers(model)
-    # Bound to the instance (not a closure), so `copy.deepcopy(model)` rebinds it to the copy.
-    model.generate = types.MethodType(_generate, model)
+    _check_supported(model)
+    swapped = _swap_mixers(model)
+    if _can_generate(model):
+        try:
+            layout = model_layout(model)
+            if not layout.attention:
+                raise ValueError(
+                    f"{type(model).__name__} has no layer with K/V: transformers' generate cannot continue a cache "
+                    f"holding recurrent states only, so there is nothing to restore into. Supported: {SUPPORTED_MODELS}."
+                )
+        except BaseException:
+            for module, original_class in swapped:
+                module.__class__ = original_class
+            raise
+        one_pass_layers = {module.layer_idx for module, _ in swapped}
+        recurrent_layers = {layer.layer_idx for layer in layout.recurrent}
+        model._hf_hybrid_cache_path = ONE_PASS if recurrent_layers <= one_pass_layers else GENERIC
+        # Bound to the instance (not a closure), so `copy.deepcopy(model)` rebinds it to the copy.
+        model.generate = types.MethodType(_generate, model)
+        model.register_forward_hook(_end_step, with_kwargs=True)
     model._hf_hybrid_cache_patched = True
     return model
+
+
+def _check_supported(model: torch.nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config") or getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}. Supported: {SUPPORTED_MODELS}.")
+    if any(param.is_meta for param in model.parameters()):
+        raise ValueError(
+            f"{type(model).__name__} has parameters on the meta device (not loaded): load the weights (or "
+            "materialize them with model.to_empty(...) and initialise) before hf_hybrid_cache.patch(model)."
+        )
+    for layer_idx, layer in enumerate(DynamicCache(config=config).layers):
+        if type(layer) not in SUPPORTED_CACHE_LAYERS:
+            raise ValueError(
+                f"{type(model).__name__} ({config.get_text_config(decoder=True).model_type}) has a "
+                f"{type(layer).__name__} cache at layer {layer_idx}: hf_hybrid_cache stores full-attention K/V and "
+                "recurrent states only, and sliding-window, chunked or indexed attention (Gemma 3, gpt-oss, Llama 4, "
+                f"...) keeps K/V it could not page. Supported: {SUPPORTED_MODELS}."
+            )
+
+
+def _can_generate(model: torch.nn.Module) -> bool:
+    can_generate = getattr(model, "can_generate", None)
+    return bool(can_generate()) if callable(can_generate) else False
+
+
+def _swap_mixers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, type]]:
+    """Turn every GatedDeltaNet with an adapter into its one-pass class (same weights, same module).
+    Returns the swapped modules with their original classes."""
+    swapped = []
+    for module in model.modules():
+        patched_class = None if is_patched_mixer(module) else patched_mixer_class(module)
+        if patched_class is None:
+            continue
+        swapped.append((module, type(module)))
+        module.__class__ = patched_class
+        if hasattr(module, "_old_forward"):
+            # accelerate's hooks (device_map) call the forward they wrapped, bound before the patch.
+            module._old_forward = types.MethodType(patched_class.forward, module)
+    return swapped
+
+
+def _end_step(model, args, kwargs, output) -> None:
+    """Forward hook: tell a `HybridPrefixCache` that a step of the model ended (how many tokens it took)."""
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))
+    if not isinstance(cache, HybridPrefixCache) or not cache._in_request:
+        return
+    tokens = kwargs.get("input_ids")
+    if tokens is None:
+        tokens = kwargs.get("inputs_embeds", args[0] if args else None)
+    cache.end_step(tokens.shape[1])
 
 
 def _generate(self, *args, **kwargs):
@@ -39,8 +132,12 @@ def _generate(self, *args, **kwargs):
     _check_generation_settings(self, kwargs)
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     _check_input_ids(self, input_ids)
+    if any(kwargs.get(name) is not None for name in UNKEYED_INPUTS):
+        input_ids = None  # nothing to look up or publish: the keys would not see those inputs
     try:
         cache.begin_request(input_ids, kwargs.get("attention_mask"))
+        if self._hf_hybrid_cache_path == GENERIC:
+            _prefill_to_boundaries(self, cache, input_ids)
         output = type(self).generate(self, *args, **kwargs)
     except BaseException:
         # Interrupts included: nothing of a half-run request reaches the store.
@@ -49,6 +146,21 @@ def _generate(self, *args, **kwargs):
     sequences = output if isinstance(output, torch.Tensor) else getattr(output, "sequences", None)
     cache.end_request(sequences)
     return output
+
+
+@torch.no_grad()
+def _prefill_to_boundaries(model, cache: HybridPrefixCache, input_ids: torch.Tensor) -> None:
+    """Run the prompt up to each boundary the mode saves, one forward per stretch: the step hook then
+    snapshots the states there. Generate computes the rest of the prompt from the cache."""
+    boundaries = cache.prefill_boundaries()
+    if not boundaries:
+        return
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    for boundary in boundaries:
+        start = cache.num_seen_tokens
+        # Positions passed explicitly, as generate does: some families (Bamba) restart them at 0 otherwise.
+        positions = torch.arange(start, boundary, device=input_ids.device)[None]
+        model(input_ids=input_ids[:, start:boundary], position_ids=positions, cache=cache, use_cache=True, **extra)
 
 
 def _check_generation_settings(model, kwargs) -> None:

@@ -1,7 +1,7 @@
-"""The prefix store: K/V pages and GDN snapshots of complete blocks, shared by every cache that uses it.
+"""The prefix store: K/V pages and recurrent-state snapshots of complete blocks, shared by every cache.
 
 Blocks form a tree through their chained keys (see `hashing.py`); a block holds one K/V page for all
-attention layers and, optionally, one snapshot of all GDN layers (the state after its last token).
+attention layers and, optionally, one snapshot of all recurrent layers (the state after its last token).
 Live caches pin the blocks they were served from; eviction is least-recently-used among unpinned leaves.
 Everything here runs under one lock; tensors are copied in and out by the cache (see `cache.py`).
 """
@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .kernels import paged_kv_gather
-from .layout import ModelLayout
-from .slot_pool import SlotPool, SlotSpec
-
-MAMBA_CACHE_MODES = ("none", "align", "all")
+from .layout import ModelLayout, TensorSpec
+from .modes import MAMBA_CACHE_MODES
+from .slot_pool import SlotPool
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_MAX_BYTES = 1 << 30
 
@@ -38,7 +37,8 @@ class Block:
 @dataclass
 class Hit:
     """The blocks a request is served from: `blocks[i]` covers tokens `[i * block_size, (i+1) * block_size)`,
-    and the last one carries the snapshot. Pinned until `PrefixStore.release`."""
+    and the last one carries the snapshot (when the model has recurrent layers). Pinned until
+    `PrefixStore.release`."""
 
     blocks: list[Block] = field(default_factory=list)
 
@@ -52,14 +52,16 @@ class Hit:
 
 
 class PrefixStore:
-    """K/V pages and GDN snapshots keyed by chained block digests, bounded by `max_bytes`, thread-safe.
+    """K/V pages and recurrent-state snapshots keyed by chained block digests, bounded by `max_bytes`,
+    thread-safe.
 
     Args:
-        block_size: tokens per block: the K/V page size and the interval between GDN snapshots.
+        block_size: tokens per block: the K/V page size and the interval between state snapshots.
             Any value >= 1 is exact; larger blocks cost fewer snapshots and give coarser hits.
-        mamba_cache_mode: where GDN states are saved. "none": never (a hybrid model gets no hits);
-            "align": once per request, at the last block boundary before the final prompt token, and at
-            each boundary reached while generating; "all": at every boundary crossed.
+        mamba_cache_mode: where recurrent (GDN, Mamba, conv) states are saved. "none": never (a hybrid
+            model gets no hits); "align": once per request, at the last block boundary before the final
+            prompt token, and at each boundary reached while generating; "all": at every boundary crossed.
+            A model without recurrent layers needs no snapshots: every complete block is a hit point.
         max_bytes: bound on pages and snapshots together; least-recently-used blocks go first.
 
     The first cache bound to a store fixes its model layout (shapes, dtype, devices); a model with
@@ -104,22 +106,17 @@ class PrefixStore:
         with self._lock:
             if self.layout is None:
                 page_specs = [
-                    SlotSpec((2, spec.num_kv_heads, self.block_size, spec.head_dim), spec.dtype, spec.device)
-                    for spec in layout.attention
+                    TensorSpec((2, layer.kv.shape[0], self.block_size, *layer.kv.shape[1:]), layer.kv.dtype, layer.kv.device)
+                    for layer in layout.attention
                 ]
-                snapshot_specs = []
-                for spec in layout.linear:
-                    snapshot_specs.append(SlotSpec((spec.conv_dim, spec.conv_width), spec.dtype, spec.device))
-                    snapshot_specs.append(
-                        SlotSpec((spec.num_heads, spec.head_k_dim, spec.head_v_dim), torch.float32, spec.device)
-                    )
+                snapshot_specs = [state.tensor for state in layout.state_specs]
                 page_bytes = sum(spec.num_bytes for spec in page_specs)
                 snapshot_bytes = sum(spec.num_bytes for spec in snapshot_specs)
                 needed = page_bytes + snapshot_bytes
                 if self.max_bytes < needed:
                     raise ValueError(
                         f"max_bytes={self.max_bytes:,} cannot hold one block of this model: one K/V page takes "
-                        f"{page_bytes:,} bytes and one GDN snapshot {snapshot_bytes:,} bytes at "
+                        f"{page_bytes:,} bytes and one state snapshot {snapshot_bytes:,} bytes at "
                         f"block_size={self.block_size}. Use max_bytes >= {needed:,} (many times that to be useful)."
                     )
                 self._pages = SlotPool(page_specs, max_slots=self.max_bytes // max(page_bytes, 1))
@@ -131,6 +128,11 @@ class PrefixStore:
                     f"{layout.describe()}. Give each model (or dtype/device placement) its own store: "
                     "HybridPrefixCache(model, store=PrefixStore(...))."
                 )
+
+    @property
+    def needs_snapshots(self) -> bool:
+        """Whether a hit must end on a block with a state snapshot (the model has recurrent layers)."""
+        return bool(self.layout is not None and self.layout.state_specs)
 
     @property
     def page_bytes(self) -> int:
@@ -149,7 +151,8 @@ class PrefixStore:
     # -- lookup ----------------------------------------------------------------------------------------
 
     def lookup(self, keys: list[bytes], num_query_tokens: int) -> Hit:
-        """Pin and return the longest chain of `keys` that ends on a block with a snapshot.
+        """Pin and return the longest chain of `keys` that ends on a block with a snapshot (any block, for a
+        model without recurrent layers).
 
         `keys` are the block keys of the usable prefix (the caller leaves at least one token to compute).
         """
@@ -162,7 +165,7 @@ class PrefixStore:
                 if block is None:
                     break
                 chain.append(block)
-                if block.snapshot_id is not None:
+                if block.snapshot_id is not None or not self.needs_snapshots:
                     best = len(chain)
             hit = Hit(chain[:best])
             for block in hit.blocks:
@@ -187,8 +190,12 @@ class PrefixStore:
         return [paged_kv_gather(pages, page_ids.to(pages.device)) for pages in self._pages.tensors]
 
     def read_snapshot(self, hit: Hit) -> list[torch.Tensor]:
-        """The snapshot of `hit`'s last block: per GDN layer, conv state then SSM state (copies)."""
-        return [states[hit.snapshot_id].clone() for states in self._snapshots.tensors]
+        """The snapshot of `hit`'s last block: every recurrent state in `layout.state_specs` order.
+
+        Views into the pool, valid while `hit` is pinned (pinned slots are never freed nor rewritten);
+        the caller copies them into its live state.
+        """
+        return [states[hit.snapshot_id] for states in self._snapshots.tensors]
 
     # -- publish ---------------------------------------------------------------------------------------
 
@@ -205,7 +212,7 @@ class PrefixStore:
             write_page: `write_page(block_idx, page_tensors)` copies block `block_idx`'s K/V into the given
                 slot views (one `[2, num_kv_heads, block_size, head_dim]` per attention layer).
             snapshots: block index -> `write(snapshot_tensors)` copying the state after that block into the
-                given slot views (per GDN layer: conv, then SSM).
+                given slot views (in `layout.state_specs` order).
 
         Returns:
             the number of blocks newly inserted. A block becomes visible only once fully written; when

@@ -4,24 +4,11 @@ A pool owns one tensor per cache layer, `[capacity, *slot_shape]`, each on its l
 handed out by id; the pool never decides what to free (the store does, under its lock).
 """
 
-from dataclasses import dataclass
-
 import torch
 
+from .layout import TensorSpec
+
 INITIAL_CAPACITY = 16
-
-
-@dataclass(frozen=True)
-class SlotSpec:
-    """Shape, dtype and device of one layer's slot."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    device: torch.device
-
-    @property
-    def num_bytes(self) -> int:
-        return torch.Size(self.shape).numel() * torch.empty((), dtype=self.dtype).element_size()
 
 
 class SlotPool:
@@ -32,7 +19,7 @@ class SlotPool:
     budget up front, which matters on GPUs where an allocation is never lazy.
     """
 
-    def __init__(self, specs: list[SlotSpec], max_slots: int):
+    def __init__(self, specs: list[TensorSpec], max_slots: int):
         self.specs = specs
         self.max_slots = max_slots
         self.slot_bytes = sum(spec.num_bytes for spec in specs)
@@ -41,7 +28,7 @@ class SlotPool:
         self.num_used = 0
 
     @staticmethod
-    def _empty(spec: SlotSpec, capacity: int) -> torch.Tensor:
+    def _empty(spec: TensorSpec, capacity: int) -> torch.Tensor:
         return torch.empty((capacity, *spec.shape), dtype=spec.dtype, device=spec.device)
 
     @property

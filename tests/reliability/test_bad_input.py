@@ -60,9 +60,8 @@ def test_cache_with_history_used_with_another_unpatched_model(model, unpatched_o
         lambda: hhc.patch(tiny_qwen3_next(seed=0, num_key_value_heads=1)),
         lambda: hhc.patch(tiny_qwen3_next(seed=0, num_hidden_layers=8)),
         lambda: hhc.patch(tiny_qwen3_next(seed=0, dtype=torch.bfloat16)),
-        lambda: hhc.patch(tiny_qwen3_next(seed=0).to("meta")),
     ],
-    ids=["config-kv-heads", "config-num-layers", "dtype-bf16", "device-meta"],
+    ids=["config-kv-heads", "config-num-layers", "dtype-bf16"],
 )
 def test_store_reused_with_another_model_layout(model, make_other):
     store = new_store()
@@ -97,6 +96,13 @@ def test_invalid_store_options(kwargs, message):
     assert "for example" in str(error.value) or "one of" in str(error.value)  # names a valid value
 
 
+def test_model_on_the_meta_device_is_refused():
+    meta_model = tiny_qwen3_next(seed=0).to("meta")
+    with pytest.raises(ValueError, match="meta device.*load the weights"):
+        hhc.patch(meta_model)
+    assert not hasattr(meta_model, "_hf_hybrid_cache_patched")
+
+
 @pytest.mark.parametrize("short_by", ["one-byte", "below-one-snapshot"])
 def test_budget_below_one_block_says_how_large_it_must_be(model, cold_model, short_by):
     probe = new_store()
@@ -106,7 +112,7 @@ def test_budget_below_one_block_says_how_large_it_must_be(model, cold_model, sho
     store = new_store(max_bytes=max_bytes)
     with pytest.raises(ValueError, match=f"Use max_bytes >= {needed:,}") as error:
         hhc.HybridPrefixCache(model, store=store)
-    assert f"one GDN snapshot {probe.snapshot_bytes:,} bytes" in str(error.value)
+    assert f"one state snapshot {probe.snapshot_bytes:,} bytes" in str(error.value)
     assert store.layout is None  # not bound: a corrected store can still be made
     assert_nothing_stored(store)
     # The size named is enough.
@@ -146,8 +152,10 @@ def test_beam_search_is_refused(model):
 def test_wrong_argument_types(model, cold_model):
     with pytest.raises(ValueError, match=r"not patched: call hf_hybrid_cache.patch\(model\)"):
         hhc.HybridPrefixCache(cold_model)
-    with pytest.raises(ValueError, match="supports model types: qwen3_next"):
+    with pytest.raises(ValueError, match=r"not patched: call hf_hybrid_cache.patch\(model\)"):
         hhc.HybridPrefixCache(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="cannot serve Linear. Supported: decoder-only models"):
+        hhc.patch(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="store must be a PrefixStore or None, got dict"):
         hhc.HybridPrefixCache(model, store={})
     with pytest.raises(TypeError, match="namespace must be a str or None, got int"):

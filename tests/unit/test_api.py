@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.qwen3_next import PrefixGatedDeltaNet
+from hf_hybrid_cache.qwen3_next import PrefixQwen3NextGatedDeltaNet
 from hf_hybrid_cache.tiny import tiny_qwen3_next
 
 
@@ -18,16 +18,17 @@ def test_patch_is_idempotent(model):
     generate = model.generate
     assert hhc.patch(model) is model and model.generate == generate
     gdn_layers = [layer.linear_attn for layer in model.model.layers if hasattr(layer, "linear_attn")]
-    assert gdn_layers and all(type(gdn) is PrefixGatedDeltaNet for gdn in gdn_layers)
+    assert gdn_layers and all(type(gdn) is PrefixQwen3NextGatedDeltaNet for gdn in gdn_layers)
 
 
-def test_unsupported_model_lists_supported_types():
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
-    with pytest.raises(ValueError, match="supports model types: qwen3_next"):
-        hhc.patch(llama)
-    with pytest.raises(ValueError, match="qwen3_next"):
-        hhc.HybridPrefixCache(llama)
+def test_sliding_window_model_is_refused_with_what_is_supported():
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=8))
+    with pytest.raises(ValueError, match=r"DynamicSlidingWindowLayer cache at layer 0.*Supported: decoder-only.*qwen3_5"):
+        hhc.patch(gemma)
+    assert not hasattr(gemma, "_hf_hybrid_cache_patched")
+    with pytest.raises(ValueError, match=r"not patched: call hf_hybrid_cache.patch\(model\)"):
+        hhc.HybridPrefixCache(gemma)
 
 
 def test_unpatched_model_is_refused_with_the_fix():

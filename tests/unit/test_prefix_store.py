@@ -4,16 +4,20 @@ import pytest
 import torch
 
 from hf_hybrid_cache.hashing import block_keys, root_key
-from hf_hybrid_cache.layout import AttentionLayerSpec, LinearLayerSpec, ModelLayout
+from hf_hybrid_cache.layout import LayerSpec, ModelLayout, StateSpec, TensorSpec
 from hf_hybrid_cache.prefix_store import PrefixStore
 
 CPU = torch.device("cpu")
-LAYOUT = ModelLayout(
-    model_type="synthetic",
-    num_layers=2,
-    attention=(AttentionLayerSpec(1, num_kv_heads=1, head_dim=2, dtype=torch.float32, device=CPU),),
-    linear=(LinearLayerSpec(0, conv_dim=3, conv_width=2, num_heads=1, head_k_dim=2, head_v_dim=2, dtype=torch.float32, device=CPU),),
+ATTENTION = LayerSpec(1, kv=TensorSpec((1, 2), torch.float32, CPU), states=())
+RECURRENT = LayerSpec(
+    0,
+    kv=None,
+    states=(
+        StateSpec("conv", 0, TensorSpec((3, 2), torch.float32, CPU)),
+        StateSpec("recurrent", 0, TensorSpec((1, 2, 2), torch.float32, CPU)),
+    ),
 )
+LAYOUT = ModelLayout(model_type="synthetic", num_layers=2, layers=(RECURRENT, ATTENTION))
 BLOCK_SIZE = 4
 # block_size 4: a page is 2 * 1 * 4 * 2 fp32 = 64 bytes, a snapshot 3*2*4 + 1*2*2*4 = 40 bytes.
 PAGE_BYTES, SNAPSHOT_BYTES = 64, 40
@@ -166,7 +170,7 @@ def test_invalid_options(kwargs, message):
 
 def test_other_layout_is_refused():
     store = make_store()
-    other = ModelLayout("synthetic", 2, LAYOUT.attention, ())
+    other = ModelLayout("synthetic", 2, (ATTENTION,))
     with pytest.raises(ValueError, match="its own store"):
         store.bind(other)
 

@@ -1,0 +1,108 @@
+"""The one-pass Gated-DeltaNet forward shared by every gated-delta-rule family: short conv + gated delta
+rule on `hf_hybrid_cache.kernels`, handing a `HybridPrefixCache` the states at block boundaries inside the
+step, so that a prefill saves every boundary it needs in one pass.
+
+A family adapter (`qwen3_next.py`, `qwen3_5.py`, `olmo_hybrid.py`) subclasses `PrefixGatedDeltaNet` together
+with transformers' own GatedDeltaNet and says only what differs: how the input is projected, how beta is
+made, and how the output is gated and projected back.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.integrations.accelerate import force_accelerate_hooks
+
+from . import kernels
+
+
+@dataclass
+class GatedDeltaNetInputs:
+    """The projections of one step. mixed_qkv: `[batch, conv_dim, seq_len]` (q, k, v before the conv);
+    gate: the output gate, `[batch * seq_len * num_v_heads, head_v_dim]` once reshaped; b, a:
+    `[batch, seq_len, num_v_heads]` (beta and decay before their activations)."""
+
+    mixed_qkv: torch.Tensor
+    gate: torch.Tensor
+    b: torch.Tensor
+    a: torch.Tensor
+
+
+class PrefixGatedDeltaNet:
+    """Mixin placed before transformers' GatedDeltaNet class; uses its weights and attributes
+    (`conv1d`, `A_log`, `dt_bias`, `key_dim`, `value_dim`, `head_k_dim`, `head_v_dim`, `layer_idx`, ...)."""
+
+    def project(self, hidden_states: torch.Tensor) -> GatedDeltaNetInputs:
+        raise NotImplementedError
+
+    def beta(self, b: torch.Tensor) -> torch.Tensor:
+        return b.sigmoid()
+
+    def gate_and_project_out(self, core_out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """core_out `[batch, seq_len, num_v_heads, head_v_dim]` -> `[batch, seq_len, hidden_size]`."""
+        raise NotImplementedError
+
+    @force_accelerate_hooks("conv1d")
+    def forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=None, **kwargs) -> torch.Tensor:
+        """hidden_states `[batch, seq_len, hidden_size]` -> `[batch, seq_len, hidden_size]`."""
+        if (
+            kwargs.get("cu_seq_lens_q") is not None
+            or (cache is not None and cache.is_recording_past(self.layer_idx))
+            or (torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())))
+        ):
+            # Packed sequences, crop-able caches and anything autograd must differentiate run on
+            # transformers' own forward: our kernels have no backward.
+            return super().forward(hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
+        if attention_mask is not None:
+            # The 2D padding mask (left padding): padded positions enter the conv and the state as zeros.
+            hidden_states = (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
+        batch_size, seq_len, _ = hidden_states.shape
+        conv_state = recurrent_state = None
+        if cache is not None:
+            conv_state = cache.get_conv_state(self.layer_idx)
+            recurrent_state = cache.get_recurrent_state(self.layer_idx)
+        recorder = cache if hasattr(cache, "record_states") else None
+        offsets = recorder.snapshot_offsets(self.layer_idx, seq_len) if recorder is not None else []
+
+        inputs = self.project(hidden_states)
+        conv_weight = self.conv1d.weight.squeeze(1)
+        decoding = conv_state is not None and recurrent_state is not None and seq_len == 1
+        if decoding:
+            conv_out = kernels.causal_conv1d_update(
+                inputs.mixed_qkv, conv_state, conv_weight, self.conv1d.bias, activation=self.activation
+            )
+        else:
+            conv_out, _, conv_checkpoints = kernels.causal_conv1d(
+                inputs.mixed_qkv,
+                conv_weight,
+                self.conv1d.bias,
+                conv_state=conv_state,
+                activation=self.activation,
+                checkpoint_offsets=offsets,
+            )
+            if cache is not None:
+                # The cache keeps the last conv_kernel_size inputs; handing it only those avoids a copy of
+                # the whole step in `update_conv_state`'s concatenation.
+                cache.update_conv_state(
+                    inputs.mixed_qkv[..., -self.conv_kernel_size :], self.layer_idx, conv_kernel_size=self.conv_kernel_size
+                )
+
+        query, key, value = torch.split(conv_out.transpose(1, 2), [self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        query = query.reshape(batch_size, seq_len, -1, self.head_k_dim)
+        key = key.reshape(batch_size, seq_len, -1, self.head_k_dim)
+        value = value.reshape(batch_size, seq_len, -1, self.head_v_dim)
+        beta = self.beta(inputs.b)
+        # In fp32: in fp16, exp(A_log) may overflow to -inf.
+        g = -self.A_log.float().exp() * F.softplus(inputs.a.float() + self.dt_bias)
+
+        if decoding:
+            core_out = kernels.recurrent_gated_delta_rule(query, key, value, g, beta, state=recurrent_state)
+        else:
+            core_out, final_state, recurrent_checkpoints = kernels.chunk_gated_delta_rule(
+                query, key, value, g, beta, initial_state=recurrent_state, checkpoint_offsets=offsets
+            )
+            if cache is not None:
+                cache.update_recurrent_state(final_state, self.layer_idx)
+            if offsets:
+                recorder.record_states(self.layer_idx, offsets, conv_checkpoints, recurrent_checkpoints)
+        return self.gate_and_project_out(core_out, inputs.gate)
