@@ -27,7 +27,7 @@ def gdn_inputs(batch_size, seq_len, num_k_heads, num_v_heads, head_dim, dtype):
 
 def accuracy_cases(dtype):
     """(name, triton call, reference call) pairs; each call returns a tuple of tensors."""
-    from hf_hybrid_cache.kernels import conv_triton, paged_triton
+    from hf_hybrid_cache.kernels import conv_triton
     from hf_hybrid_cache.kernels.chunk_triton import chunk_gated_delta_rule_triton
     from hf_hybrid_cache.kernels.recurrent_triton import recurrent_gated_delta_rule_triton
 
@@ -58,24 +58,6 @@ def accuracy_cases(dtype):
         "causal_conv1d_update",
         lambda: (conv_triton.causal_conv1d_update_triton(x[..., :1], conv_state.clone(), weight, bias),),
         lambda: (reference.causal_conv1d_update_ref(x[..., :1], conv_state.clone(), weight, bias),),
-    )
-    pages = torch.randn(50, 2, 8, 64, 128, device="cuda", dtype=dtype)
-    page_ids = torch.tensor([7, 3, 49, 0], device="cuda")
-    yield (
-        "paged_kv_gather",
-        lambda: paged_triton.paged_kv_gather_triton(pages, page_ids),
-        lambda: reference.paged_kv_gather_ref(pages, page_ids),
-    )
-
-    def write(impl):
-        out = torch.zeros_like(pages)
-        impl(out, page_ids, *reference.paged_kv_gather_ref(pages, page_ids))
-        return (out,)
-
-    yield (
-        "paged_kv_write",
-        lambda: write(paged_triton.paged_kv_write_triton),
-        lambda: write(reference.paged_kv_write_ref),
     )
 
 

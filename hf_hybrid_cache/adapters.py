@@ -1,4 +1,5 @@
-"""The gated-delta-rule mixers that run on our one-pass kernels, and the adapter module of each.
+"""The gated-delta-rule mixers that run on our one-pass kernels (and the adapter module of each), and the
+mixers whose transformers forward cannot continue from a restored state.
 
 Keyed by the name of transformers' mixer class, so that an adapter (and its transformers modeling module)
 is imported only when a model holding that mixer shows up. An adapter module maps transformers' class to
@@ -15,6 +16,20 @@ ADAPTER_MODULES = {
     "Qwen3_5MoeGatedDeltaNet": "hf_hybrid_cache.qwen3_5",
     "OlmoHybridGatedDeltaNet": "hf_hybrid_cache.olmo_hybrid",
 }
+
+# transformers class name -> why a prefix cannot be continued exactly on it (checked with transformers 5.24)
+UNSUPPORTED_MIXERS = {
+    "JambaMambaMixer": (
+        "transformers' Jamba Mamba layer starts every multi-token step from a zero SSM state (its selective scan "
+        "takes no initial state; only one-token steps read the cache), so a prompt continued after a restored "
+        "prefix would differ from a cold run"
+    ),
+}
+
+
+def unsupported_reason(module: torch.nn.Module) -> str | None:
+    """Why `module` cannot be served, or None."""
+    return UNSUPPORTED_MIXERS.get(type(module).__name__)
 
 
 def patched_mixer_class(module: torch.nn.Module) -> type | None:

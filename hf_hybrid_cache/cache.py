@@ -239,9 +239,9 @@ class HybridPrefixCache(Cache):
 
         def write_page(block_idx: int, views: list[torch.Tensor]) -> None:
             window = slice(block_idx * block_size, (block_idx + 1) * block_size)
-            for layer, view in zip(attention_layers, views):
-                view[0].copy_(layer.keys[0, :, window])
-                view[1].copy_(layer.values[0, :, window])
+            for layer, key_view, value_view in zip(attention_layers, views[0::2], views[1::2]):
+                key_view.copy_(layer.keys[0, :, window])
+                value_view.copy_(layer.values[0, :, window])
 
         def snapshot_writer(states: dict[int, torch.Tensor]):
             def write(views: list[torch.Tensor]) -> None:

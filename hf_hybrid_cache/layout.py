@@ -46,11 +46,12 @@ class StateSpec:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """A cached layer. `kv`: one token's keys (values have the same shape) `[num_kv_heads, head_dim]`, or
-    None; `states`: the recurrent states it carries (conv `[conv_dim, conv_width]`, SSM `[...]`), maybe none."""
+    """A cached layer. `kv`: one token's keys and values, each `[num_kv_heads, head_dim]` (their shapes may
+    differ: latent attention), or None; `states`: the recurrent states it carries (conv `[conv_dim,
+    conv_width]`, SSM `[...]`), maybe none."""
 
     layer_idx: int
-    kv: TensorSpec | None
+    kv: tuple[TensorSpec, TensorSpec] | None
     states: tuple[StateSpec, ...]
 
 
@@ -79,7 +80,7 @@ class ModelLayout:
 
     def describe(self) -> str:
         """One line for error messages."""
-        specs = [layer.kv for layer in self.attention] + [state.tensor for state in self.state_specs]
+        specs = [spec for layer in self.attention for spec in layer.kv] + [state.tensor for state in self.state_specs]
         devices = sorted({str(spec.device) for spec in specs})
         dtypes = sorted({str(spec.dtype) for spec in specs})
         return (
@@ -103,7 +104,6 @@ def probe_layout(model: torch.nn.Module) -> ModelLayout:
 
     Runs without gradients, in eval mode (gradient checkpointing would turn the cache off) and with the
     random number generators forked, so the model and its RNG streams are left exactly as they were.
-    Raises ValueError for K/V the store cannot page (keys and values of different shapes).
     """
     text_config = model.config.get_text_config(decoder=True)
     cache = DynamicCache(config=model.config)
@@ -118,7 +118,7 @@ def probe_layout(model: torch.nn.Module) -> ModelLayout:
     finally:
         for module, was_training in training:
             module.training = was_training
-    layers = [_layer_spec(model, layer_idx, layer) for layer_idx, layer in enumerate(cache.layers)]
+    layers = [_layer_spec(layer_idx, layer) for layer_idx, layer in enumerate(cache.layers)]
     return ModelLayout(
         model_type=text_config.model_type,
         num_layers=len(cache.layers),
@@ -126,16 +126,10 @@ def probe_layout(model: torch.nn.Module) -> ModelLayout:
     )
 
 
-def _layer_spec(model, layer_idx: int, layer) -> LayerSpec | None:
+def _layer_spec(layer_idx: int, layer) -> LayerSpec | None:
     kv = None
     if isinstance(layer, DynamicLayer) and getattr(layer, "keys", None) is not None and layer.keys.numel():
-        keys, values = layer.keys[0, :, 0], layer.values[0, :, 0]
-        if keys.shape != values.shape or keys.dtype != values.dtype:
-            raise ValueError(
-                f"{type(model).__name__} caches keys {tuple(keys.shape)} and values {tuple(values.shape)} of "
-                f"different shapes at layer {layer_idx} (latent attention): hf_hybrid_cache pages K/V of equal shapes only."
-            )
-        kv = TensorSpec(tuple(keys.shape), keys.dtype, keys.device)
+        kv = tuple(TensorSpec(tuple(x.shape), x.dtype, x.device) for x in (layer.keys[0, :, 0], layer.values[0, :, 0]))
     states = []
     if isinstance(layer, LinearAttentionCacheLayerMixin):
         for state_idx in range(layer.number_of_states):

@@ -15,19 +15,20 @@ import types
 import torch
 from transformers.cache_utils import DynamicCache
 
-from .adapters import is_patched_mixer, patched_mixer_class
+from .adapters import is_patched_mixer, patched_mixer_class, unsupported_reason
 from .cache import HybridPrefixCache
 from .layout import SUPPORTED_CACHE_LAYERS, model_layout
 
 ONE_PASS = "one-pass"
 GENERIC = "generic"
+ATTENTION_ONLY = "attention-only"
 # Inputs whose content the block keys cannot see: such requests run uncached.
 UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "image_embeds", "inputs_embeds")
 SUPPORTED_MODELS = (
     "decoder-only models whose cache layers are full attention, recurrent states or both: gated-delta-rule "
-    "families on our kernels (qwen3_next, qwen3_5, qwen3_5_moe, olmo_hybrid), Mamba / Mamba2 / short-conv "
-    "hybrids on transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, jamba, lfm2, ...), "
-    "and plain attention models (llama, qwen3, mistral, ...)"
+    "families on our kernels (qwen3_next, qwen3_5, qwen3_5_moe, olmo_hybrid), Mamba2 / short-conv / KDA "
+    "hybrids on transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, lfm2, kimi_linear, ...), "
+    "and plain attention models (llama, qwen3, mistral, ...); not jamba"
 )
 
 
@@ -61,7 +62,10 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
             raise
         one_pass_layers = {module.layer_idx for module, _ in swapped}
         recurrent_layers = {layer.layer_idx for layer in layout.recurrent}
-        model._hf_hybrid_cache_path = ONE_PASS if recurrent_layers <= one_pass_layers else GENERIC
+        if not recurrent_layers:
+            model._hf_hybrid_cache_path = ATTENTION_ONLY
+        else:
+            model._hf_hybrid_cache_path = ONE_PASS if recurrent_layers <= one_pass_layers else GENERIC
         # Bound to the instance (not a closure), so `copy.deepcopy(model)` rebinds it to the copy.
         model.generate = types.MethodType(_generate, model)
         model.register_forward_hook(_end_step, with_kwargs=True)
@@ -78,6 +82,10 @@ def _check_supported(model: torch.nn.Module) -> None:
             f"{type(model).__name__} has parameters on the meta device (not loaded): load the weights (or "
             "materialize them with model.to_empty(...) and initialise) before hf_hybrid_cache.patch(model)."
         )
+    for module in model.modules():
+        reason = unsupported_reason(module)
+        if reason is not None:
+            raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}: {reason}. Supported: {SUPPORTED_MODELS}.")
     for layer_idx, layer in enumerate(DynamicCache(config=config).layers):
         if type(layer) not in SUPPORTED_CACHE_LAYERS:
             raise ValueError(

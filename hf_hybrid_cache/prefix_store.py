@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import paged_kv_gather
 from .layout import ModelLayout, TensorSpec
 from .modes import MAMBA_CACHE_MODES
 from .slot_pool import SlotPool
@@ -105,9 +104,11 @@ class PrefixStore:
         """Fix the store's layout on first use; refuse a model whose cache has another layout."""
         with self._lock:
             if self.layout is None:
+                # Per attention layer, its keys then its values: `[num_kv_heads, block_size, head_dim]` each.
                 page_specs = [
-                    TensorSpec((2, layer.kv.shape[0], self.block_size, *layer.kv.shape[1:]), layer.kv.dtype, layer.kv.device)
+                    TensorSpec((spec.shape[0], self.block_size, *spec.shape[1:]), spec.dtype, spec.device)
                     for layer in layout.attention
+                    for spec in layer.kv
                 ]
                 snapshot_specs = [state.tensor for state in layout.state_specs]
                 page_bytes = sum(spec.num_bytes for spec in page_specs)
@@ -187,7 +188,12 @@ class PrefixStore:
         Safe without the lock: pinned pages are never freed nor rewritten.
         """
         page_ids = torch.tensor(hit.page_ids, dtype=torch.long)
-        return [paged_kv_gather(pages, page_ids.to(pages.device)) for pages in self._pages.tensors]
+        gathered = []
+        for pages in self._pages.tensors:
+            # `[n, H, block_size, D]` -> `[H, n * block_size, D]`: the pages side by side along the sequence.
+            blocks = pages.index_select(0, page_ids.to(pages.device))
+            gathered.append(blocks.transpose(0, 1).flatten(1, 2))
+        return list(zip(gathered[0::2], gathered[1::2]))
 
     def read_snapshot(self, hit: Hit) -> list[torch.Tensor]:
         """The snapshot of `hit`'s last block: every recurrent state in `layout.state_specs` order.
@@ -210,7 +216,7 @@ class PrefixStore:
         Args:
             keys: block keys of the request's complete blocks, in order.
             write_page: `write_page(block_idx, page_tensors)` copies block `block_idx`'s K/V into the given
-                slot views (one `[2, num_kv_heads, block_size, head_dim]` per attention layer).
+                slot views (per attention layer, keys then values, each `[num_kv_heads, block_size, head_dim]`).
             snapshots: block index -> `write(snapshot_tensors)` copying the state after that block into the
                 given slot views (in `layout.state_specs` order).
 

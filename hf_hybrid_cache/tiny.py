@@ -1,8 +1,10 @@
-"""Tiny Qwen3-Next models built locally from a config with a fixed seed: no download, for tests,
-benchmarks and the demo's default. Their outputs are nonsense; their shapes and code paths are real.
+"""Tiny models built locally from a config with a fixed seed: no download, for tests, benchmarks and the
+demo's default. Their outputs are nonsense; their shapes and code paths are real. Qwen3-Next first, then
+one tiny config per supported family (`tiny_model(family)`), and a byte-level tokenizer.
 """
 
 import torch
+import transformers
 from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
 # Large enough for a byte-level tokenizer (256 bytes + a few special tokens).
@@ -58,12 +60,106 @@ def tiny_qwen3_next(
     """Build a randomly initialised Qwen3-Next in eval mode; the same seed gives the same weights."""
     config = tiny_qwen3_next_config(**config_overrides)
     config._attn_implementation = attn_implementation
+    return _build(Qwen3NextForCausalLM, config, seed, dtype, name=f"tiny-qwen3-next(seed={seed})")
+
+
+def _build(model_class, config, seed: int, dtype: torch.dtype, name: str):
+    # The RNG is forked: building a model neither depends on nor changes the caller's random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen3NextForCausalLM(config)
-    # Name the model so its fingerprint (and error messages) say where it came from.
-    model.config.name_or_path = f"tiny-qwen3-next(seed={seed})"
+        model = model_class(config)
+    # Named so that its fingerprint (and error messages) say where it came from.
+    model.config.name_or_path = name
     return model.to(dtype).eval()
+
+
+# Every family: hidden 64, 4 heads of 16 (2 K/V heads), the recurrent layers first and attention later as
+# in the real models, MoE with 4 experts (2 per token), Mamba2 mixers of 8 heads x 16 with a 16-wide state.
+_COMMON = dict(
+    vocab_size=TINY_VOCAB_SIZE,
+    num_hidden_layers=4,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    initializer_range=0.08,  # as in tiny_qwen3_next_config: logit gaps well above float noise
+    max_position_embeddings=4096,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+_LINEAR_3_FULL_1 = ["linear_attention"] * 3 + ["full_attention"]
+_GDN = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            linear_conv_kernel_dim=4)
+_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)
+_MAMBA2 = dict(mamba_n_heads=8, mamba_n_groups=1, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2)
+# Qwen3.5 rotates a quarter of each head with mRoPE (time / height / width sections): head_dim 32 gives the
+# 4 frequencies the three sections need.
+_QWEN3_5_TEXT = dict(
+    _GDN, layer_types=_LINEAR_3_FULL_1, head_dim=32,
+    rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25, mrope_section=[2, 1, 1],
+                         mrope_interleaved=True),
+)
+
+# family -> (config class, model class, config fields beyond _COMMON), all names in `transformers`
+TINY_FAMILIES = {
+    "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", _QWEN3_5_TEXT),
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM",
+                    dict(_QWEN3_5_TEXT, **_MOE, shared_expert_intermediate_size=64)),
+    "olmo_hybrid": ("OlmoHybridConfig", "OlmoHybridForCausalLM",
+                    dict(_GDN, layer_types=_LINEAR_3_FULL_1, linear_num_key_heads=4, linear_value_head_dim=32)),
+    "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        num_hidden_layers=6,
+        layers_block_type=["linear_attention", "moe", "linear_attention", "full_attention", "mlp", "linear_attention"],
+        mamba_num_heads=8, mamba_head_dim=16, n_groups=1, ssm_state_size=16, conv_kernel=4, expand=2,
+        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, moe_shared_expert_intermediate_size=64,
+        n_group=1, topk_group=1,
+    )),
+    # Granite's default layer_types is all Mamba: give it an attention layer.
+    "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", dict(
+        _MAMBA2, layer_types=["linear_attention"] * 2 + ["full_attention", "linear_attention"],
+        intermediate_size=64, shared_intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
+    )),
+    # Every Falcon-H1 layer runs attention and Mamba2 side by side ("hybrid" cache layers).
+    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", dict(_MAMBA2, mamba_d_ssm=128)),
+    "bamba": ("BambaConfig", "BambaForCausalLM", dict(_MAMBA2, attn_layer_indices=[2])),
+    "lfm2": ("Lfm2Config", "Lfm2ForCausalLM",
+             dict(num_hidden_layers=6, full_attn_idxs=[2, 5], block_auto_adjust_ff_dim=False, conv_L_cache=3)),
+    "lfm2_moe": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM", dict(
+        _MOE, num_hidden_layers=6, layer_types=["conv", "conv", "full_attention"] * 2, num_dense_layers=2, conv_L_cache=3,
+    )),
+    # Kimi-Linear's latent attention expands one key/value head per query head, as in the real model.
+    "kimi_linear": ("KimiLinearConfig", "KimiLinearForCausalLM", dict(
+        num_key_value_heads=4, layer_types=_LINEAR_3_FULL_1,
+        mlp_layer_types=["dense", "sparse", "sparse", "sparse"], linear_num_heads=4, linear_head_dim=16,
+        linear_conv_kernel_dim=4, kv_lora_rank=32, q_lora_rank=None, qk_nope_head_dim=16, qk_rope_head_dim=8,
+        v_head_dim=16, num_local_experts=4, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=64,
+        n_group=1, topk_group=1,
+    )),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=None)),
+}
+
+
+def tiny_config(family: str, **overrides):
+    """The tiny config of `family` ("qwen3_next" or a key of `TINY_FAMILIES`), fields updated by `overrides`."""
+    if family == "qwen3_next":
+        return tiny_qwen3_next_config(**overrides)
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: qwen3_next, {', '.join(TINY_FAMILIES)}")
+    config_class, _, fields = TINY_FAMILIES[family]
+    return getattr(transformers, config_class)(**{**_COMMON, **fields, **overrides})
+
+
+def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A randomly initialised tiny causal LM of `family` in eval mode; the same seed gives the same weights."""
+    if family == "qwen3_next":
+        return tiny_qwen3_next(seed=seed, dtype=dtype, **overrides)
+    model_class = getattr(transformers, TINY_FAMILIES[family][1]) if family in TINY_FAMILIES else None
+    return _build(model_class, tiny_config(family, **overrides), seed, dtype, name=f"tiny-{family}(seed={seed})")
 
 
 # Special tokens of the byte-level tokenizer, at the ids the tiny config declares (pad 0, bos 1, eos 2).

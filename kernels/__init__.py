@@ -1,4 +1,4 @@
-"""GDN, causal-conv and paged K/V kernels: Triton on CUDA, PyTorch on CPU, one reference per op.
+"""GDN and causal-conv kernels: Triton on CUDA, PyTorch on CPU, one reference per op.
 
 Installed as `hf_hybrid_cache.kernels`; nothing here imports transformers.
 """
@@ -7,8 +7,6 @@ from .dispatch import (
     causal_conv1d,
     causal_conv1d_update,
     chunk_gated_delta_rule,
-    paged_kv_gather,
-    paged_kv_write,
     recurrent_gated_delta_rule,
 )
 

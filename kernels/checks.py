@@ -93,26 +93,3 @@ def check_causal_conv1d(x, weight, bias, conv_state, activation) -> None:
         raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
     _floating(x=x, weight=weight, bias=bias, conv_state=conv_state)
     _same_device(x=x, weight=weight, bias=bias, conv_state=conv_state)
-
-
-def check_paged_kv(pages: torch.Tensor, page_ids: torch.Tensor, keys=None, values=None) -> None:
-    """pages `[num_pages, 2, H, block_size, D]`; page_ids `[n]` int64 in range; keys, values
-    `[H, n * block_size, D]` (None for a gather)."""
-    _ndim("pages", pages, 5, "[num_pages, 2, H, block_size, D]")
-    num_pages, two, num_heads, block_size, head_dim = pages.shape
-    if two != 2:
-        raise ValueError(f"pages dim 1 must be 2 (keys, values), got shape {list(pages.shape)}")
-    _ndim("page_ids", page_ids, 1, "[n]")
-    if page_ids.dtype != torch.int64:
-        raise TypeError(f"page_ids must be int64, got {page_ids.dtype}; pass page_ids.long()")
-    _same_device(pages=pages, page_ids=page_ids, keys=keys, values=values)
-    # An out-of-range id would make a kernel read or write outside `pages`; the check costs one sync.
-    if page_ids.numel() and not 0 <= int(page_ids.min()) <= int(page_ids.max()) < num_pages:
-        raise ValueError(f"page_ids must lie in [0, {num_pages}), got {page_ids.tolist()}")
-    expected = (num_heads, page_ids.numel() * block_size, head_dim)
-    for name, x in (("keys", keys), ("values", values)):
-        if x is None:
-            continue
-        _shape(name, x, expected, "[H, n * block_size, D]")
-        if x.dtype != pages.dtype:
-            raise TypeError(f"{name} must have pages' dtype {pages.dtype}, got {x.dtype}; pass {name}.to(pages.dtype)")

@@ -12,13 +12,11 @@ import torch
 from .checks import (
     check_causal_conv1d,
     check_gated_delta_rule,
-    check_paged_kv,
     check_recurrent_state,
     normalize_offsets,
 )
 from .chunk_cpu import chunk_gated_delta_rule_cpu
 from .conv_cpu import causal_conv1d_cpu, causal_conv1d_update_cpu
-from .paged_cpu import paged_kv_gather_cpu, paged_kv_write_cpu
 from .recurrent_cpu import recurrent_gated_delta_rule_cpu
 
 # op name -> the module holding its `<op>_triton` launcher
@@ -27,8 +25,6 @@ _TRITON_MODULES = {
     "recurrent_gated_delta_rule": "recurrent_triton",
     "causal_conv1d": "conv_triton",
     "causal_conv1d_update": "conv_triton",
-    "paged_kv_write": "paged_triton",
-    "paged_kv_gather": "paged_triton",
 }
 
 
@@ -107,35 +103,9 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu") ->
     return impl(x, conv_state, weight, bias, activation=activation)
 
 
-def paged_kv_write(pages, page_ids, keys, values) -> None:
-    """Copy whole blocks of K/V into pages.
-
-    Args:
-        pages: `[num_pages, 2, H, block_size, D]` (index 0 keys, 1 values), written in place.
-        page_ids: `[n]` int64, the page of each block (distinct: a repeated id gets either block).
-        keys, values: `[H, n * block_size, D]` in pages' dtype.
-    """
-    check_paged_kv(pages, page_ids, keys, values)
-    impl = _triton_launcher("paged_kv_write") if pages.is_cuda else paged_kv_write_cpu
-    impl(pages, page_ids, keys, values)
-
-
-def paged_kv_gather(pages, page_ids) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate pages into contiguous K/V: pages `[num_pages, 2, H, block_size, D]`, page_ids `[n]` int64.
-
-    Returns:
-        keys, values: `[H, n * block_size, D]`.
-    """
-    check_paged_kv(pages, page_ids)
-    impl = _triton_launcher("paged_kv_gather") if pages.is_cuda else paged_kv_gather_cpu
-    return impl(pages, page_ids)
-
-
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
     "chunk_gated_delta_rule",
-    "paged_kv_gather",
-    "paged_kv_write",
     "recurrent_gated_delta_rule",
 ]

@@ -140,34 +140,3 @@ def causal_conv1d_update_ref(
     out, new_state, _ = causal_conv1d_ref(x, weight, bias, conv_state=conv_state, activation=activation)
     conv_state.copy_(new_state)
     return out
-
-
-def paged_kv_write_ref(pages: torch.Tensor, page_ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
-    """Copy whole blocks of K/V into pages.
-
-    Args:
-        pages: `[num_pages, 2, H, block_size, D]` (index 0 keys, 1 values), written in place.
-        page_ids: `[n]` int64, the page of each block.
-        keys, values: `[H, n * block_size, D]`.
-    """
-    num_heads, _, head_dim = keys.shape
-    block_size = pages.shape[3]
-    for i, page_id in enumerate(page_ids.tolist()):
-        pages[page_id, 0] = keys[:, i * block_size : (i + 1) * block_size]
-        pages[page_id, 1] = values[:, i * block_size : (i + 1) * block_size]
-
-
-def paged_kv_gather_ref(pages: torch.Tensor, page_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate pages into contiguous K/V.
-
-    Args:
-        pages: `[num_pages, 2, H, block_size, D]`; page_ids: `[n]` int64.
-
-    Returns:
-        keys, values: `[H, n * block_size, D]`.
-    """
-    _, _, num_heads, _, head_dim = pages.shape
-    blocks = [pages[page_id] for page_id in page_ids.tolist()]  # each [2, H, block_size, D]
-    # torch.cat refuses an empty list: no pages gives empty K/V, as the kernels return.
-    kv = torch.cat(blocks, dim=2) if blocks else pages.new_empty((2, num_heads, 0, head_dim))
-    return kv[0], kv[1]

@@ -7,7 +7,6 @@ import torch
 from hf_hybrid_cache import kernels
 from hf_hybrid_cache.kernels.chunk_triton import chunk_gated_delta_rule_triton
 from hf_hybrid_cache.kernels.conv_triton import causal_conv1d_triton, causal_conv1d_update_triton
-from hf_hybrid_cache.kernels.paged_triton import paged_kv_gather_triton, paged_kv_write_triton
 from hf_hybrid_cache.kernels.recurrent_triton import recurrent_gated_delta_rule_triton
 
 B, T, HK, HV, K, V = 1, 5, 2, 4, 8, 8
@@ -98,33 +97,11 @@ def test_causal_conv1d_errors(overrides, error, message):
         kernels.causal_conv1d(**{**args, **overrides})
 
 
-PAGED_ERRORS = [
-    pytest.param(dict(pages=torch.zeros(4, 3, 2, 8, 16)), ValueError, r"dim 1 must be 2", id="pages-dim1"),
-    pytest.param(dict(page_ids=torch.tensor([1], dtype=torch.int32)), TypeError, r"int64.*page_ids\.long\(\)",
-                 id="ids-int32"),
-    pytest.param(dict(page_ids=torch.tensor([4])), ValueError, r"in \[0, 4\)", id="ids-out-of-range"),
-    pytest.param(dict(keys=torch.zeros(2, 16, 16)), ValueError, r"keys must have shape \[H, n \* block_size, D\]",
-                 id="keys-length"),
-    pytest.param(dict(values=torch.zeros(2, 8, 16, dtype=torch.float16)), TypeError, r"values\.to\(pages\.dtype\)",
-                 id="values-dtype"),
-]
-
-
-@pytest.mark.parametrize("overrides, error, message", PAGED_ERRORS)
-def test_paged_kv_errors(overrides, error, message):
-    args = dict(pages=torch.zeros(4, 2, 2, 8, 16), page_ids=torch.tensor([1]), keys=torch.zeros(2, 8, 16),
-                values=torch.zeros(2, 8, 16))
-    with pytest.raises(error, match=message):
-        kernels.paged_kv_write(**{**args, **overrides})
-
-
 LAUNCHERS_ON_META = {
     "chunk": lambda: chunk_gated_delta_rule_triton(**gdn(q=meta(B, T, HK, K))),
     "recurrent": lambda: recurrent_gated_delta_rule_triton(**decode(state=meta(B, HV, K, V))),
     "conv": lambda: causal_conv1d_triton(meta(1, 6, 5), torch.randn(6, 4)),
     "conv_update": lambda: causal_conv1d_update_triton(torch.randn(1, 6, 1), meta(1, 6, 4), torch.randn(6, 4)),
-    "paged_write": lambda: paged_kv_write_triton(torch.zeros(2, 2, 1, 4, 8), torch.tensor([0]), *[meta(1, 4, 8)] * 2),
-    "paged_gather": lambda: paged_kv_gather_triton(meta(2, 2, 1, 4, 8), torch.tensor([0])),
 }
 
 
@@ -140,8 +117,3 @@ def test_launchers_refuse_non_contiguous_in_place_tensors():
         recurrent_gated_delta_rule_triton(**decode(state=transposed_state))
     with pytest.raises(ValueError, match=r"conv_state must be contiguous"):
         causal_conv1d_update_triton(torch.randn(1, 6, 1), torch.zeros(1, 4, 6).transpose(1, 2), torch.randn(6, 4))
-    pages = torch.zeros(2, 4, 2, 8, 16).transpose(0, 1)
-    with pytest.raises(ValueError, match=r"pages must be contiguous"):
-        paged_kv_gather_triton(pages, torch.tensor([0]))
-    with pytest.raises(ValueError, match=r"pages must be contiguous"):
-        paged_kv_write_triton(pages, torch.tensor([0]), torch.zeros(2, 8, 16), torch.zeros(2, 8, 16))

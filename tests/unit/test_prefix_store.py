@@ -8,7 +8,7 @@ from hf_hybrid_cache.layout import LayerSpec, ModelLayout, StateSpec, TensorSpec
 from hf_hybrid_cache.prefix_store import PrefixStore
 
 CPU = torch.device("cpu")
-ATTENTION = LayerSpec(1, kv=TensorSpec((1, 2), torch.float32, CPU), states=())
+ATTENTION = LayerSpec(1, kv=(TensorSpec((1, 2), torch.float32, CPU),) * 2, states=())
 RECURRENT = LayerSpec(
     0,
     kv=None,
@@ -36,7 +36,8 @@ def publish(store, tokens, snapshot_blocks=None):
     keys = block_keys(ROOT, token_ids, BLOCK_SIZE)
 
     def write_page(block_idx, views):
-        views[0].fill_(float(token_ids[block_idx * BLOCK_SIZE]))
+        for view in views:  # keys and values of each attention layer
+            view.fill_(float(token_ids[block_idx * BLOCK_SIZE]))
 
     def snapshot(block_idx):
         return lambda views: [view.fill_(-float(token_ids[block_idx * BLOCK_SIZE])) for view in views]
@@ -183,3 +184,31 @@ def test_pool_grows_and_keeps_contents():
     assert bool((store.read_pages(hit)[0][0] == 10).all())
     store.release(hit)
     assert store.stats()["blocks"] == 40
+
+
+def test_attention_only_layout_hits_every_block_without_snapshots():
+    """A model without recurrent layers needs no state: every complete block is a hit point."""
+    store = PrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode="none")
+    store.bind(ModelLayout("synthetic", 1, (ATTENTION,)))
+    assert not store.needs_snapshots and store.snapshot_bytes == 0
+    publish(store, list(range(12)), snapshot_blocks=[])
+    hit = lookup(store, list(range(12)) + [99])
+    assert len(hit.blocks) == 3 and hit.snapshot_id is None
+    keys, _ = store.read_pages(hit)[0]
+    assert [int(keys[0, i * BLOCK_SIZE, 0]) for i in range(3)] == [0, 4, 8]
+    store.release(hit)
+    store.check_invariants()
+
+
+def test_keys_and_values_of_different_shapes_are_paged_apart():
+    """Latent attention (Kimi-Linear) caches a K/V latent and a rotary key of different widths."""
+    latent = LayerSpec(0, kv=(TensorSpec((1, 6), torch.float32, CPU), TensorSpec((1, 2), torch.float32, CPU)), states=())
+    store = PrefixStore(block_size=BLOCK_SIZE)
+    store.bind(ModelLayout("synthetic", 1, (latent,)))
+    assert store.page_bytes == (6 + 2) * BLOCK_SIZE * 4
+    publish(store, list(range(8)), snapshot_blocks=[])
+    hit = lookup(store, list(range(9)))
+    keys, values = store.read_pages(hit)[0]
+    assert keys.shape == (1, 2 * BLOCK_SIZE, 6) and values.shape == (1, 2 * BLOCK_SIZE, 2)
+    assert bool((values[0, BLOCK_SIZE:] == 4).all())
+    store.release(hit)

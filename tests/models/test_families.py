@@ -1,0 +1,106 @@
+"""Every supported family, cached vs cold: equal greedy tokens and first-step logits within
+max(1e-3, 4 x the model's own split-continuation error), over the three modes, a block size that is not a
+multiple of 64, shared prefixes of bs-1 / bs / 2bs, an exact repeat and a multi-turn continuation, with
+exactly the hits each mode's rules predict."""
+
+import pytest
+import torch
+
+import hf_hybrid_cache as hhc
+from cold_oracle import (
+    FIRST_LOGITS_TOLERANCE,
+    assert_same_as_cold,
+    cold_generate,
+    generate,
+    random_tokens,
+    split_continuation_error,
+)
+from hf_hybrid_cache.tiny import TINY_FAMILIES, tiny_model
+
+FAMILIES = ["qwen3_next", *TINY_FAMILIES]
+MODES = ["none", "align", "all"]
+BLOCK_SIZE = 40
+MAX_NEW_TOKENS = 6
+EXPECTED_PATH = {
+    **dict.fromkeys(["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid"], "one-pass"),
+    **dict.fromkeys(["llama", "qwen3", "mistral"], "attention-only"),
+}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    """(name, cold model, patched model with the same weights, logits tolerance)."""
+    name = request.param
+    cold = tiny_model(name, seed=0)
+    tolerance = max(FIRST_LOGITS_TOLERANCE, 4 * split_continuation_error(cold))
+    return name, cold, hhc.patch(tiny_model(name, seed=0)), tolerance
+
+
+def expected_hit(model, mode: str, first_len: int, shared_len: int, second_len: int) -> int:
+    """The hit a second prompt gets after a first request, by the modes' definitions (README)."""
+    usable = min(shared_len, second_len - 1)
+    if model._hf_hybrid_cache_path == "attention-only":
+        return usable // BLOCK_SIZE * BLOCK_SIZE  # every complete block, whatever the mode
+    processed = first_len + MAX_NEW_TOKENS - 1  # the last generated token is never computed
+    boundaries = range(BLOCK_SIZE, processed + 1, BLOCK_SIZE)
+    if mode == "all":
+        saved = set(boundaries)
+    elif mode == "align":
+        saved = {b for b in boundaries if b >= first_len} | set([b for b in boundaries if b <= first_len - 1][-1:])
+    else:
+        saved = set()
+    return max((b for b in saved if b <= usable), default=0)
+
+
+def run(model, prompt, store):
+    cache = hhc.HybridPrefixCache(model, store=store)
+    return generate(model, prompt, cache, max_new_tokens=MAX_NEW_TOKENS), cache
+
+
+def test_path(family):
+    name, _, model, _ = family
+    assert model._hf_hybrid_cache_path == EXPECTED_PATH.get(name, "generic")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shared_prefixes(family, mode):
+    _, cold, model, tolerance = family
+    for shared_len in (BLOCK_SIZE - 1, BLOCK_SIZE, 2 * BLOCK_SIZE):
+        store = hhc.PrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=64 << 20)
+        prefix = random_tokens(shared_len, seed=1)
+        first = torch.cat([prefix, random_tokens(20, seed=2)])[None]
+        tail = random_tokens(20, seed=3)
+        tail[0] = (first[0, shared_len] + 1) % 300 + 3  # the prompts part right after the shared prefix
+        second = torch.cat([prefix, tail])[None]
+        output, cache = run(model, first, store)
+        assert_same_as_cold(output, cold_generate(cold, first, max_new_tokens=MAX_NEW_TOKENS), tolerance)
+        assert cache.num_cached_tokens == 0
+        output, cache = run(model, second, store)
+        assert_same_as_cold(output, cold_generate(cold, second, max_new_tokens=MAX_NEW_TOKENS), tolerance)
+        expected = expected_hit(model, mode, first.shape[1], shared_len, second.shape[1])
+        assert cache.num_cached_tokens == expected, f"shared {shared_len}"
+        if mode != "none" and shared_len == 2 * BLOCK_SIZE:
+            assert expected > 0  # the test exercises a real hit
+        store.check_invariants()
+
+
+@pytest.mark.parametrize("mode", ["align", "all"])
+def test_exact_repeat_and_next_turn(family, mode):
+    """A repeat of a prompt ending on a boundary is served up to the boundary before it; the next turn of
+    the chat is served through the boundary reached while generating."""
+    _, cold, model, tolerance = family
+    store = hhc.PrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=64 << 20)
+    prompt = random_tokens(2 * BLOCK_SIZE, seed=4)[None]
+    cold_output = cold_generate(cold, prompt, max_new_tokens=MAX_NEW_TOKENS)
+    for expected_cached in (0, BLOCK_SIZE):
+        output, cache = run(model, prompt, store)
+        assert_same_as_cold(output, cold_output, tolerance)
+        assert cache.num_cached_tokens == expected_cached
+
+    turn1 = random_tokens(70, seed=5)[None]
+    reply = generate(model, turn1, hhc.HybridPrefixCache(model, store=store), max_new_tokens=30).sequences
+    turn2 = torch.cat([reply[0], random_tokens(15, seed=6)])[None]
+    output, cache = run(model, turn2, store)
+    assert_same_as_cold(output, cold_generate(cold, turn2, max_new_tokens=MAX_NEW_TOKENS), tolerance)
+    assert cache.num_cached_tokens == 2 * BLOCK_SIZE  # boundary 80, reached while decoding turn 1
+    store.check_invariants()
