@@ -16,6 +16,7 @@ from .hashing import block_keys, model_fingerprint, root_key
 from .layout import model_layout
 from .modes import saved_boundaries
 from .prefix_store import Hit, PrefixStore, get_default_store
+from .vision import MediaItem, block_extras, may_end_after
 
 
 class HybridPrefixCache(Cache):
@@ -67,6 +68,7 @@ class HybridPrefixCache(Cache):
         self._recording = False
         self._in_request = False  # between begin_request and end/abort_request (see `_check_in_request`)
         self._prompt_len = 0
+        self._block_extras: dict[int, bytes] = {}  # block index -> digests of the images in it
         self._hit: Hit | None = None
         # boundary (tokens) -> snapshot position -> one state `[*state_shape]`, not aliasing the live state
         self._pending: dict[int, dict[int, torch.Tensor]] = {}
@@ -150,12 +152,19 @@ class HybridPrefixCache(Cache):
 
     # -- the generate side (see patching.py) ---------------------------------------------------------------
 
-    def begin_request(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
-        """Before generate: restore the longest cached prefix of `input_ids` `[batch, prompt_len]`."""
+    def begin_request(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, media: list[MediaItem] = ()
+    ) -> None:
+        """Before generate: restore the longest cached prefix of `input_ids` `[batch, prompt_len]`.
+
+        `media`: the prompt's images and videos (see `vision.py`): their content enters the block keys, and
+        a hit never ends inside one.
+        """
         self._in_request = True
         self.num_cached_tokens = 0
         self._pending = {}
         self._recording = False
+        self._block_extras = block_extras(media, self.store.block_size)
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
             return
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -174,8 +183,9 @@ class HybridPrefixCache(Cache):
         if past or not self._recording:
             return
         # A hit must leave at least one token to compute: the first new token needs logits.
-        keys = block_keys(self._root, prompt[: self._prompt_len - 1], self.store.block_size)
-        self._hit = self.store.lookup(keys, num_query_tokens=self._prompt_len)
+        keys = block_keys(self._root, prompt[: self._prompt_len - 1], self.store.block_size, self._block_extras)
+        ends = may_end_after(media, self.store.block_size, len(keys)) if media else None
+        self._hit = self.store.lookup(keys, num_query_tokens=self._prompt_len, may_end_after=ends)
         if self._hit.blocks:
             self._restore(self._hit)
 
@@ -234,7 +244,7 @@ class HybridPrefixCache(Cache):
 
     def _publish(self, token_ids: torch.Tensor) -> None:
         block_size = self.store.block_size
-        keys = block_keys(self._root, token_ids, block_size)
+        keys = block_keys(self._root, token_ids, block_size, self._block_extras)
         attention_layers = [self.layers[spec.layer_idx] for spec in self.layout.attention]
 
         def write_page(block_idx: int, views: list[torch.Tensor]) -> None:

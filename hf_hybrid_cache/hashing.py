@@ -27,15 +27,29 @@ def root_key(model_fingerprint: bytes, namespace: str | None) -> bytes:
     return _digest(b"hf_hybrid_cache/root", model_fingerprint, tagged)
 
 
-def block_keys(root: bytes, token_ids: torch.Tensor, block_size: int) -> list[bytes]:
-    """Keys of the complete blocks of `token_ids` (`[num_tokens]` int), in order; a partial tail has none."""
+def block_keys(
+    root: bytes, token_ids: torch.Tensor, block_size: int, block_extras: dict[int, bytes] | None = None
+) -> list[bytes]:
+    """Keys of the complete blocks of `token_ids` (`[num_tokens]` int), in order; a partial tail has none.
+
+    `block_extras` maps a block index to more content its key must digest: the digests of the images whose
+    placeholder tokens fall in the block (the tokens alone are the same for every image).
+    """
     token_bytes = token_ids.detach().to("cpu", torch.int64).numpy().tobytes()
     stride = block_size * 8
     keys, parent = [], root
     for block_idx in range(len(token_ids) // block_size):
-        parent = _digest(parent, token_bytes[block_idx * stride : (block_idx + 1) * stride])
+        parts = [parent, token_bytes[block_idx * stride : (block_idx + 1) * stride]]
+        if block_extras and block_idx in block_extras:
+            parts.append(block_extras[block_idx])
+        parent = _digest(*parts)
         keys.append(parent)
     return keys
+
+
+def content_digest(*parts: bytes) -> bytes:
+    """The digest of some content (an image's pixels and grid), to be mixed into block keys."""
+    return _digest(b"hf_hybrid_cache/content", *parts)
 
 
 def model_fingerprint(model: torch.nn.Module) -> bytes:

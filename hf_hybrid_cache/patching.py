@@ -15,6 +15,7 @@ import types
 import torch
 from transformers.cache_utils import DynamicCache
 
+from . import vision
 from .adapters import is_patched_mixer, patched_mixer_class, unsupported_reason
 from .cache import HybridPrefixCache
 from .layout import SUPPORTED_CACHE_LAYERS, model_layout
@@ -22,7 +23,8 @@ from .layout import SUPPORTED_CACHE_LAYERS, model_layout
 ONE_PASS = "one-pass"
 GENERIC = "generic"
 ATTENTION_ONLY = "attention-only"
-# Inputs whose content the block keys cannot see: such requests run uncached.
+# Inputs whose content the block keys cannot see (except images and videos of the models `vision.py` knows):
+# such requests run uncached.
 UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "image_embeds", "inputs_embeds")
 SUPPORTED_MODELS = (
     "decoder-only models whose cache layers are full attention, recurrent states or both: gated-delta-rule "
@@ -140,10 +142,17 @@ def _generate(self, *args, **kwargs):
     _check_generation_settings(self, kwargs)
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     _check_input_ids(self, input_ids)
-    if any(kwargs.get(name) is not None for name in UNKEYED_INPUTS):
-        input_ids = None  # nothing to look up or publish: the keys would not see those inputs
+    media = []
+    if vision.is_vision_model(self) and isinstance(input_ids, torch.Tensor) and input_ids.shape[0] == 1:
+        media = vision.media_items(self, input_ids, kwargs)
+    elif any(kwargs.get(name) is not None for name in UNKEYED_INPUTS):
+        media = None
+    if media is None:
+        input_ids, media = None, []  # nothing to look up or publish: the keys would not see those inputs
     try:
-        cache.begin_request(input_ids, kwargs.get("attention_mask"))
+        cache.begin_request(input_ids, kwargs.get("attention_mask"), media)
+        if cache.num_cached_tokens and vision.is_vision_model(self):
+            kwargs = vision.inputs_after_hit(self, kwargs, media, cache.num_cached_tokens)
         if self._hf_hybrid_cache_path == GENERIC:
             _prefill_to_boundaries(self, cache, input_ids)
         output = type(self).generate(self, *args, **kwargs)

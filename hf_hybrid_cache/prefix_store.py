@@ -8,7 +8,7 @@ Everything here runs under one lock; tensors are copied in and out by the cache 
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 import torch
@@ -151,11 +151,12 @@ class PrefixStore:
 
     # -- lookup ----------------------------------------------------------------------------------------
 
-    def lookup(self, keys: list[bytes], num_query_tokens: int) -> Hit:
+    def lookup(self, keys: list[bytes], num_query_tokens: int, may_end_after: Container[int] | None = None) -> Hit:
         """Pin and return the longest chain of `keys` that ends on a block with a snapshot (any block, for a
         model without recurrent layers).
 
-        `keys` are the block keys of the usable prefix (the caller leaves at least one token to compute).
+        `keys` are the block keys of the usable prefix (the caller leaves at least one token to compute);
+        `may_end_after`, if given, the numbers of blocks a hit may span (not one that cuts an image).
         """
         with self._lock:
             self._counters["queries"] += 1
@@ -166,7 +167,9 @@ class PrefixStore:
                 if block is None:
                     break
                 chain.append(block)
-                if block.snapshot_id is not None or not self.needs_snapshots:
+                if (block.snapshot_id is not None or not self.needs_snapshots) and (
+                    may_end_after is None or len(chain) in may_end_after
+                ):
                     best = len(chain)
             hit = Hit(chain[:best])
             for block in hit.blocks:

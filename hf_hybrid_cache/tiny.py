@@ -144,6 +144,17 @@ TINY_FAMILIES = {
 }
 
 
+# Qwen3.5 vision-language: the qwen3_5 text model and a one-layer vision tower (patch 4, temporal patch 2,
+# 2x2 merge: an image of 8x8 patches becomes 16 placeholder tokens); special tokens inside the tiny vocab.
+TINY_VISION_TOKENS = dict(vision_start_token_id=300, vision_end_token_id=301, image_token_id=302, video_token_id=303)
+TINY_FAMILIES["qwen3_5_vl"] = ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", dict(
+    TINY_VISION_TOKENS,
+    text_config=dict(_COMMON, **_QWEN3_5_TEXT),
+    vision_config=dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=4, temporal_patch_size=2,
+                       spatial_merge_size=2, out_hidden_size=64, num_position_embeddings=64, initializer_range=0.08),
+))
+
+
 def tiny_config(family: str, **overrides):
     """The tiny config of `family` ("qwen3_next" or a key of `TINY_FAMILIES`), fields updated by `overrides`."""
     if family == "qwen3_next":
