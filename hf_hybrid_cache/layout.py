@@ -90,8 +90,16 @@ class ModelLayout:
 
 
 def model_layout(model: torch.nn.Module) -> ModelLayout:
-    """`probe_layout(model)`, probed again only when a parameter changed dtype or device since the last call."""
+    """`probe_layout(model)`, probed again only when a parameter changed dtype or device since the last call.
+
+    Raises ValueError for a model whose weights are not loaded (on the meta device).
+    """
     placement = tuple((param.dtype, param.device) for param in model.parameters())
+    if any(device.type == "meta" for _, device in placement):
+        raise ValueError(
+            f"{type(model).__name__} has parameters on the meta device (not loaded): load the weights (or "
+            "materialize them with model.to_empty(...) and initialise) before creating a HybridPrefixCache."
+        )
     memo = getattr(model, "_hf_hybrid_cache_layout", None)
     if memo is None or memo[0] != placement:
         memo = (placement, probe_layout(model))

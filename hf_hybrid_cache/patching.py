@@ -13,12 +13,12 @@ import inspect
 import types
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
 
 from . import vision
 from .adapters import is_patched_mixer, patched_mixer_class, unsupported_reason
 from .cache import HybridPrefixCache
-from .layout import SUPPORTED_CACHE_LAYERS, model_layout
+from .layout import SUPPORTED_CACHE_LAYERS
 
 ONE_PASS = "one-pass"
 GENERIC = "generic"
@@ -42,28 +42,21 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
     also gain the prefix-cache wrapper. Outputs are unchanged with any other cache or none, and anything
     autograd differentiates runs on transformers' own layers.
 
+    Runs nothing: a model still on the meta device (not loaded yet) can be patched; its cache layout is
+    read at the first `HybridPrefixCache`.
+
     Raises:
         ValueError: the model cannot be served (encoder-decoder, sliding-window or indexed attention, no
-            attention layer at all, weights not loaded); the message says why and lists what is supported.
+            attention layer at all); the message says why and lists what is supported.
     """
     if getattr(model, "_hf_hybrid_cache_patched", False):
         return model
-    _check_supported(model)
-    swapped = _swap_mixers(model)
+    cache_layers = _check_supported(model)
+    _swap_mixers(model)
     if _can_generate(model):
-        try:
-            layout = model_layout(model)
-            if not layout.attention:
-                raise ValueError(
-                    f"{type(model).__name__} has no layer with K/V: transformers' generate cannot continue a cache "
-                    f"holding recurrent states only, so there is nothing to restore into. Supported: {SUPPORTED_MODELS}."
-                )
-        except BaseException:
-            for module, original_class in swapped:
-                module.__class__ = original_class
-            raise
-        one_pass_layers = {module.layer_idx for module, _ in swapped}
-        recurrent_layers = {layer.layer_idx for layer in layout.recurrent}
+        recurrent_layers = {idx for idx, layer in enumerate(cache_layers) if isinstance(layer, LinearAttentionCacheLayerMixin)}
+        # Mixers swapped now or earlier (a submodule such as the base model may have been patched first).
+        one_pass_layers = {module.layer_idx for module in model.modules() if is_patched_mixer(module)}
         if not recurrent_layers:
             model._hf_hybrid_cache_path = ATTENTION_ONLY
         else:
@@ -75,20 +68,17 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _check_supported(model: torch.nn.Module) -> None:
+def _check_supported(model: torch.nn.Module) -> list:
+    """Raise ValueError if `model` cannot be served; return its cache layers (transformers' own classes)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "get_text_config") or getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}. Supported: {SUPPORTED_MODELS}.")
-    if any(param.is_meta for param in model.parameters()):
-        raise ValueError(
-            f"{type(model).__name__} has parameters on the meta device (not loaded): load the weights (or "
-            "materialize them with model.to_empty(...) and initialise) before hf_hybrid_cache.patch(model)."
-        )
     for module in model.modules():
         reason = unsupported_reason(module)
         if reason is not None:
             raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}: {reason}. Supported: {SUPPORTED_MODELS}.")
-    for layer_idx, layer in enumerate(DynamicCache(config=config).layers):
+    cache_layers = DynamicCache(config=config).layers
+    for layer_idx, layer in enumerate(cache_layers):
         if type(layer) not in SUPPORTED_CACHE_LAYERS:
             raise ValueError(
                 f"{type(model).__name__} ({config.get_text_config(decoder=True).model_type}) has a "
@@ -96,6 +86,12 @@ def _check_supported(model: torch.nn.Module) -> None:
                 "recurrent states only, and sliding-window, chunked or indexed attention (Gemma 3, gpt-oss, Llama 4, "
                 f"...) keeps K/V it could not page. Supported: {SUPPORTED_MODELS}."
             )
+    if not any(isinstance(layer, DynamicLayer) for layer in cache_layers):
+        raise ValueError(
+            f"{type(model).__name__} has no attention layer: transformers' generate cannot continue a cache that "
+            f"holds recurrent states only, so there is nothing to restore into. Supported: {SUPPORTED_MODELS}."
+        )
+    return cache_layers
 
 
 def _can_generate(model: torch.nn.Module) -> bool:
@@ -103,20 +99,16 @@ def _can_generate(model: torch.nn.Module) -> bool:
     return bool(can_generate()) if callable(can_generate) else False
 
 
-def _swap_mixers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, type]]:
-    """Turn every GatedDeltaNet with an adapter into its one-pass class (same weights, same module).
-    Returns the swapped modules with their original classes."""
-    swapped = []
+def _swap_mixers(model: torch.nn.Module) -> None:
+    """Turn every GatedDeltaNet with an adapter into its one-pass class (same weights, same module)."""
     for module in model.modules():
-        patched_class = None if is_patched_mixer(module) else patched_mixer_class(module)
+        patched_class = patched_mixer_class(module)  # None for ours: they are not in the adapter table
         if patched_class is None:
             continue
-        swapped.append((module, type(module)))
         module.__class__ = patched_class
         if hasattr(module, "_old_forward"):
             # accelerate's hooks (device_map) call the forward they wrapped, bound before the patch.
             module._old_forward = types.MethodType(patched_class.forward, module)
-    return swapped
 
 
 def _end_step(model, args, kwargs, output) -> None:

@@ -96,11 +96,11 @@ def test_invalid_store_options(kwargs, message):
     assert "for example" in str(error.value) or "one of" in str(error.value)  # names a valid value
 
 
-def test_model_on_the_meta_device_is_refused():
-    meta_model = tiny_qwen3_next(seed=0).to("meta")
+def test_model_on_the_meta_device_is_patched_but_not_served():
+    """patch() runs nothing, so a model not loaded yet can be patched; a cache needs its weights."""
+    meta_model = hhc.patch(tiny_qwen3_next(seed=0).to("meta"))
     with pytest.raises(ValueError, match="meta device.*load the weights"):
-        hhc.patch(meta_model)
-    assert not hasattr(meta_model, "_hf_hybrid_cache_patched")
+        hhc.HybridPrefixCache(meta_model)
 
 
 @pytest.mark.parametrize("short_by", ["one-byte", "below-one-snapshot"])

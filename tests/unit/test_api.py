@@ -69,3 +69,22 @@ def test_reprs_and_stats(model):
 def test_cache_refuses_crop(model):
     with pytest.raises(NotImplementedError, match="new HybridPrefixCache"):
         hhc.HybridPrefixCache(model).crop(-1)
+
+
+def test_every_model_class_of_a_family_is_accepted():
+    """Base models and heads run their GDN layers patched; only models with generate get the wrapper.
+    Patching the base model first (as happens when each class is patched at construction) still gives
+    the causal LM the one-pass path."""
+    from transformers import Qwen3NextForSequenceClassification, Qwen3NextModel
+
+    from hf_hybrid_cache.tiny import tiny_qwen3_next_config
+
+    config = tiny_qwen3_next_config()
+    for model in (Qwen3NextModel(config), Qwen3NextForSequenceClassification(config)):
+        assert hhc.patch(model) is model and not hasattr(model, "_hf_hybrid_cache_path")
+        assert any(type(module) is PrefixQwen3NextGatedDeltaNet for module in model.modules())
+        with pytest.raises(ValueError, match="has no generate"):
+            hhc.HybridPrefixCache(model)
+    causal_lm = tiny_qwen3_next(seed=0)
+    hhc.patch(causal_lm.model)
+    assert hhc.patch(causal_lm)._hf_hybrid_cache_path == "one-pass"
