@@ -22,7 +22,7 @@ MODES = ["none", "align", "all"]
 BLOCK_SIZE = 40
 MAX_NEW_TOKENS = 6
 EXPECTED_PATH = {
-    **dict.fromkeys(["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid"], "one-pass"),
+    **dict.fromkeys(["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen3_5_vl"], "one-pass"),
     **dict.fromkeys(["llama", "qwen3", "mistral"], "attention-only"),
 }
 

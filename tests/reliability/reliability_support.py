@@ -51,9 +51,9 @@ class CheckedPrefixStore(hhc.PrefixStore):
         except RuntimeError as error:
             self._fail(str(error))
 
-    def lookup(self, keys, num_query_tokens):
+    def lookup(self, keys, num_query_tokens, may_end_after=None):
         with self._lock:
-            hit = super().lookup(keys, num_query_tokens)
+            hit = super().lookup(keys, num_query_tokens, may_end_after)
             self._check()
             return hit
 
