@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--model", default=None, help="a Qwen3-Next checkpoint (default: the tiny offline one)")
+    parser.add_argument("--model", default=None, help="a causal LM checkpoint of a supported family (default: the tiny offline Qwen3-Next)")
     parser.add_argument("--seed", type=int, default=0, help="weights of the tiny model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     # "all" so that a new chat sharing only the system prompt hits too; "align" saves far fewer

@@ -1,4 +1,5 @@
-"""Loads the demo's model and tokenizer: the offline tiny Qwen3-Next by default, or a user's checkpoint.
+"""Loads the demo's model and tokenizer: the offline tiny Qwen3-Next by default, or a user's checkpoint of any
+family `hf_hybrid_cache.patch` supports.
 
 No network access happens for the default; `--model` goes through `from_pretrained`, which reads a local
 folder or the Hugging Face cache (and downloads only if the user's environment allows it).
@@ -16,7 +17,8 @@ from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 TINY_DEMO_SIZE = dict(num_hidden_layers=8, hidden_size=128)
 TINY_NOTICE = (
     "Default model: a tiny Qwen3-Next with random weights (seed {seed}), built locally: its replies are "
-    "nonsense, but the caching is real. Pass `--model PATH_OR_ID` to chat with a Qwen3-Next checkpoint."
+    "nonsense, but the caching is real. Pass `--model PATH_OR_ID` to chat with a real checkpoint (Qwen3.5, "
+    "Qwen3-Next, Nemotron-H, Granite 4, LFM2, Llama, ...)."
 )
 
 
@@ -33,7 +35,8 @@ class LoadedModel:
 
 
 def load_model(model_id: str | None = None, seed: int = 0, device: str = "cpu") -> LoadedModel:
-    """Build the tiny model (`model_id=None`) or load a Qwen3-Next checkpoint onto `device`, patched."""
+    """Build the tiny model (`model_id=None`) or load a causal LM checkpoint onto `device`, patched (a
+    family patch() refuses raises its ValueError, which says what is supported)."""
     if model_id is None:
         loaded = _load_tiny(seed)
         loaded.model.to(device)
@@ -67,8 +70,6 @@ def _load_checkpoint(model_id: str, device: str) -> LoadedModel:
     # Straight onto an accelerator (device_map needs `accelerate`); on the CPU no map is needed.
     device_map = None if device == "cpu" else device
     model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map=device_map).eval()
-    if model.config.model_type != "qwen3_next":
-        raise ValueError(f"{model_id} is a {model.config.model_type!r} model; the demo needs a Qwen3-Next one")
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -71,7 +71,7 @@ def build_ui(engine: ChatEngine, max_new_tokens: int) -> gr.Blocks:
         return reply, stats.as_dict()
 
     with gr.Blocks(title="hf_hybrid_cache chat demo") as app:
-        gr.Markdown(f"## Prefix caching for Qwen3-Next\n{engine.loaded.notice}")
+        gr.Markdown(f"## Prefix caching for hybrid models\n{engine.loaded.notice}")
         with gr.Row():
             with gr.Column(scale=3):
                 # Raw text: the tiny model's random punctuation would otherwise render as markdown.

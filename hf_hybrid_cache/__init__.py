@@ -1,4 +1,5 @@
-"""Prefix caching for hybrid linear-attention models (Qwen3-Next) in Hugging Face transformers.
+"""Prefix caching for hybrid models (Qwen3.5, Qwen3-Next, Nemotron-H, LFM2, ...) and plain attention models in
+Hugging Face transformers.
 
     import hf_hybrid_cache as hhc
     hhc.patch(model)
