@@ -12,7 +12,8 @@ import warnings
 import torch
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, Cache, get_layer_types_and_kwargs
 
-from .hashing import block_keys, model_fingerprint, root_key
+from .fingerprint import model_fingerprint
+from .hashing import block_keys, root_key
 from .layout import model_layout
 from .modes import saved_boundaries
 from .prefix_store import Hit, PrefixStore, get_default_store

@@ -1,7 +1,7 @@
-"""Chained block digests and model fingerprints: the keys of the prefix store.
+"""Chained block digests: the keys of the prefix store.
 
 A block's key digests its parent's key and its own token ids, so equal keys mean equal whole prefixes.
-The chain starts from a root that digests the model fingerprint and the namespace.
+The chain starts from a root that digests the model fingerprint (`fingerprint.py`) and the namespace.
 """
 
 import hashlib
@@ -11,7 +11,8 @@ import torch
 DIGEST_SIZE = 16  # 128-bit keys: collisions are out of reach for any store that fits in memory
 
 
-def _digest(*parts: bytes) -> bytes:
+def digest(*parts: bytes) -> bytes:
+    """BLAKE2b of the parts, each length-prefixed."""
     hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
     for part in parts:
         # Length-prefix each part so that ("ab", "c") and ("a", "bc") never digest alike.
@@ -24,7 +25,7 @@ def root_key(model_fingerprint: bytes, namespace: str | None) -> bytes:
     """The key every chain starts from: entries of different models or namespaces never meet."""
     # No namespace and the empty namespace "" are distinct tenants: the tag byte keeps them apart.
     tagged = b"-" if namespace is None else b"=" + namespace.encode()
-    return _digest(b"hf_hybrid_cache/root", model_fingerprint, tagged)
+    return digest(b"hf_hybrid_cache/root", model_fingerprint, tagged)
 
 
 def block_keys(
@@ -42,30 +43,11 @@ def block_keys(
         parts = [parent, token_bytes[block_idx * stride : (block_idx + 1) * stride]]
         if block_extras and block_idx in block_extras:
             parts.append(block_extras[block_idx])
-        parent = _digest(*parts)
+        parent = digest(*parts)
         keys.append(parent)
     return keys
 
 
 def content_digest(*parts: bytes) -> bytes:
     """The digest of some content (an image's pixels and grid), to be mixed into block keys."""
-    return _digest(b"hf_hybrid_cache/content", *parts)
-
-
-def model_fingerprint(model: torch.nn.Module) -> bytes:
-    """Digest of the config, dtypes, devices and a sample of every parameter's values.
-
-    Reading all weights of an 80B model would take seconds; the first and last values of each tensor
-    tell apart two checkpoints (or two random initialisations) of one architecture. Computed anew for
-    each cache, so weights swapped in place (even through `param.data`) never meet their old entries;
-    the samples of each device travel to the host in one copy.
-    """
-    names, samples_by_device = [], {}
-    for name, param in model.named_parameters():
-        flat = param.detach().reshape(-1)
-        names.append(f"{name}:{param.dtype}:{param.device}:{param.numel()}")
-        samples_by_device.setdefault(param.device, []).append(torch.cat([flat[:16], flat[-16:]]).float())
-    parts = [model.config.to_json_string(use_diff=False).encode(), "\n".join(names).encode()]
-    for device in sorted(samples_by_device, key=str):
-        parts.append(torch.cat(samples_by_device[device]).cpu().numpy().tobytes())
-    return _digest(*parts)
+    return digest(b"hf_hybrid_cache/content", *parts)
