@@ -2,9 +2,9 @@
 
 Its layers are transformers' own, built from `config.layer_types` exactly as `DynamicCache` builds them;
 this class adds the request's bookkeeping: the position of the live state, the recurrent-state snapshots
-taken at block boundaries (inside a one-pass forward, or at the end of a step), the restore of a hit and
-the publish of the request's blocks. The lookup before generate and the publish after it are driven by
-`patching.py`.
+taken at block boundaries (inside a one-pass forward, or at the end of a step) and written straight into
+store slots reserved for them, the restore of a hit and the publish of the request's blocks. The lookup
+before generate and the publish after it are driven by `patching.py`.
 """
 
 import warnings
@@ -71,8 +71,11 @@ class HybridPrefixCache(Cache):
         self._prompt_len = 0
         self._block_extras: dict[int, bytes] = {}  # block index -> digests of the images in it
         self._hit: Hit | None = None
-        # boundary (tokens) -> snapshot position -> one state `[*state_shape]`, not aliasing the live state
-        self._pending: dict[int, dict[int, torch.Tensor]] = {}
+        self._branch_point = 0  # branch mode: where the prompt leaves the longest cached path (tokens)
+        # boundary (tokens) -> [reserved store slot, number of states written into it so far]
+        self._pending: dict[int, list[int]] = {}
+        self._refused: set[int] = set()  # boundaries the store had no room for
+        self._decode_boundary: int | None = None  # branch mode: the one boundary past the prompt kept
 
     def __repr__(self) -> str:
         return (
@@ -112,34 +115,73 @@ class HybridPrefixCache(Cache):
         boundaries = self.saved_boundaries(start, start + seq_len - 1)
         return [boundary - start for boundary in boundaries]
 
+    @property
+    def max_offsets_per_call(self) -> int:
+        """How many states one one-pass layer may compute in one kernel call: with one per recurrent layer,
+        the states alive before they reach their slots stay below one snapshot's worth, however long the
+        prompt (a longer step is run in segments)."""
+        return max(1, len(self.layout.recurrent))
+
     def record_states(
         self, layer_idx: int, offsets: list[int], conv_states: torch.Tensor, recurrent_states: torch.Tensor
     ) -> None:
-        """Keep the states a one-pass layer computed inside the current step.
+        """Write the states a one-pass layer computed inside the current step into their boundaries' slots.
 
         Args:
-            offsets: what `snapshot_offsets` returned for this step.
+            offsets: some of what `snapshot_offsets` returned for this step.
             conv_states: `[len(offsets), batch, conv_dim, conv_width]`; recurrent_states:
-                `[len(offsets), batch, num_heads, head_k_dim, head_v_dim]`, not aliasing the live state.
+                `[len(offsets), batch, num_heads, head_k_dim, head_v_dim]`.
         """
-        conv_pos = self._state_positions[(layer_idx, "conv", 0)]
-        recurrent_pos = self._state_positions[(layer_idx, "recurrent", 0)]
+        positions = (self._state_positions[(layer_idx, "conv", 0)], self._state_positions[(layer_idx, "recurrent", 0)])
         for i, offset in enumerate(offsets):
-            states = self._pending.setdefault(self.num_seen_tokens + offset, {})
-            states[conv_pos], states[recurrent_pos] = conv_states[i, 0], recurrent_states[i, 0]
+            boundary = self.num_seen_tokens + offset
+            slot_id = self._slot(boundary)
+            if slot_id is None:
+                continue
+            views = self.store.snapshot_views(slot_id)
+            for pos, state in zip(positions, (conv_states[i, 0], recurrent_states[i, 0])):
+                views[pos].copy_(state)
+            self._pending[boundary][1] += len(positions)
 
     def end_step(self, seq_len: int) -> None:
         """After each forward of the model: advance the position, and snapshot every recurrent state if the
         step ended on a boundary this request saves."""
         start, self.num_seen_tokens = self.num_seen_tokens, self.num_seen_tokens + seq_len
-        if self._recording and self.saved_boundaries(start, self.num_seen_tokens)[-1:] == [self.num_seen_tokens]:
-            self._pending[self.num_seen_tokens] = {pos: state.clone() for pos, state in enumerate(self._live_states())}
+        boundary = self.num_seen_tokens
+        if not self._recording or self.saved_boundaries(start, boundary)[-1:] != [boundary]:
+            return
+        if self.store.mamba_cache_mode == "branch" and boundary >= self._prompt_len:
+            # Only the latest boundary past the prompt serves the next turn: it takes the previous one's slot.
+            if self._decode_boundary in self._pending:
+                self._pending[boundary] = self._pending.pop(self._decode_boundary)
+            self._decode_boundary = boundary
+        slot_id = self._slot(boundary)
+        if slot_id is None:
+            return
+        for view, state in zip(self.store.snapshot_views(slot_id), self._live_states()):
+            view.copy_(state)
+        self._pending[boundary][1] = len(self._state_positions)
+
+    def _slot(self, boundary: int) -> int | None:
+        """The store slot this request writes the state at `boundary` into, reserved on first use; None when
+        the store has no room (saving stops there, outputs are unaffected)."""
+        if boundary in self._pending:
+            return self._pending[boundary][0]
+        if boundary in self._refused:
+            return None
+        slot_id = self.store.reserve_snapshot()
+        if slot_id is None:
+            self._refused.add(boundary)
+            return None
+        self._pending[boundary] = [slot_id, 0]
+        return slot_id
 
     def saved_boundaries(self, start: int, end: int) -> list[int]:
         """The boundaries b, start < b <= end, this request saves states at (for the prompt it runs)."""
         if not self.store.needs_snapshots:
             return []
-        return saved_boundaries(self.store.mamba_cache_mode, self.store.block_size, self._prompt_len, start, end)
+        store = self.store
+        return saved_boundaries(store.mamba_cache_mode, store.block_size, self._prompt_len, start, end, self._branch_point)
 
     def _live_states(self) -> list[torch.Tensor]:
         """Every recurrent state of sequence 0, in `layout.state_specs` order (views of the live state)."""
@@ -163,7 +205,7 @@ class HybridPrefixCache(Cache):
         """
         self._in_request = True
         self.num_cached_tokens = 0
-        self._pending = {}
+        self._pending, self._refused, self._decode_boundary, self._branch_point = {}, set(), None, 0
         self._recording = False
         self._block_extras = block_extras(media, self.store.block_size)
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
@@ -189,6 +231,8 @@ class HybridPrefixCache(Cache):
         self._hit = self.store.lookup(keys, num_query_tokens=self._prompt_len, may_end_after=ends)
         if self._hit.blocks:
             self._restore(self._hit)
+        if self.store.mamba_cache_mode == "branch":
+            self._branch_point = self._hit.num_matched * self.store.block_size
 
     def prefill_boundaries(self) -> list[int]:
         """The saved boundaries before the final prompt token not yet reached: where the generic path splits
@@ -239,7 +283,8 @@ class HybridPrefixCache(Cache):
         if self._hit is not None:
             self.store.release(self._hit)
             self._hit = None
-        self._pending = {}
+        pending, self._pending = self._pending, {}
+        self.store.release_snapshots(slot_id for slot_id, _ in pending.values())
         self._recording = False
         self._in_request = False
 
@@ -254,19 +299,15 @@ class HybridPrefixCache(Cache):
                 key_view.copy_(layer.keys[0, :, window])
                 value_view.copy_(layer.values[0, :, window])
 
-        def snapshot_writer(states: dict[int, torch.Tensor]):
-            def write(views: list[torch.Tensor]) -> None:
-                for pos, state in states.items():
-                    views[pos].copy_(state)
-
-            return write
-
-        snapshots = {
-            boundary // block_size - 1: snapshot_writer(states)
-            for boundary, states in self._pending.items()
-            if len(states) == len(self._state_positions) and boundary <= len(keys) * block_size
+        # Complete snapshots of published blocks go to the store with them; the others go back now.
+        complete = {
+            boundary: slot_id
+            for boundary, (slot_id, num_written) in self._pending.items()
+            if num_written == len(self._state_positions) and boundary <= len(keys) * block_size
         }
-        self.store.publish(keys, write_page, snapshots)
+        pending, self._pending = self._pending, {}
+        self.store.release_snapshots(slot_id for boundary, (slot_id, _) in pending.items() if boundary not in complete)
+        self.store.publish(keys, write_page, {boundary // block_size - 1: slot_id for boundary, slot_id in complete.items()})
 
     def reset(self) -> None:
         super().reset()

@@ -97,12 +97,38 @@ class PrefixGatedDeltaNet:
 
         if decoding:
             core_out = kernels.recurrent_gated_delta_rule(query, key, value, g, beta, state=recurrent_state)
+        elif not offsets:
+            core_out, final_state, _ = kernels.chunk_gated_delta_rule(query, key, value, g, beta, initial_state=recurrent_state)
         else:
-            core_out, final_state, recurrent_checkpoints = kernels.chunk_gated_delta_rule(
-                query, key, value, g, beta, initial_state=recurrent_state, checkpoint_offsets=offsets
+            core_out, final_state = self._chunk_and_record(
+                recorder, (query, key, value, g, beta), recurrent_state, offsets, conv_checkpoints
             )
-            if cache is not None:
-                cache.update_recurrent_state(final_state, self.layer_idx)
-            if offsets:
-                recorder.record_states(self.layer_idx, offsets, conv_checkpoints, recurrent_checkpoints)
+        if cache is not None and not decoding:
+            cache.update_recurrent_state(final_state, self.layer_idx)
         return self.gate_and_project_out(core_out, inputs.gate)
+
+    def _chunk_and_record(self, recorder, inputs, initial_state, offsets: list[int], conv_checkpoints: torch.Tensor):
+        """The gated delta rule over the step, handing the recorder the states at `offsets`; in segments of at
+        most `recorder.max_offsets_per_call` checkpoints each, so that the states computed but not yet in their
+        slots never exceed one snapshot's worth however long the step.
+
+        Args:
+            inputs: q, k, v, g, beta of the whole step (`[batch, seq_len, ...]`, see `kernels.chunk_gated_delta_rule`).
+            conv_checkpoints: `[len(offsets), batch, conv_dim, conv_width]`.
+
+        Returns:
+            the output `[batch, seq_len, num_v_heads, head_v_dim]` and the final state.
+        """
+        seq_len = inputs[0].shape[1]
+        limit = recorder.max_offsets_per_call
+        outputs, state, begin = [], initial_state, 0
+        for first in range(0, len(offsets), limit):
+            group = offsets[first : first + limit]
+            end = group[-1] if first + limit < len(offsets) else seq_len
+            out, state, checkpoints = kernels.chunk_gated_delta_rule(
+                *(x[:, begin:end] for x in inputs), initial_state=state, checkpoint_offsets=[o - begin for o in group]
+            )
+            recorder.record_states(self.layer_idx, group, conv_checkpoints[first : first + limit], checkpoints)
+            outputs.append(out)
+            begin = end
+        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)), state

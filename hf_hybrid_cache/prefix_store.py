@@ -2,8 +2,10 @@
 
 Blocks form a tree through their chained keys (see `hashing.py`); a block holds one K/V page for all
 attention layers and, optionally, one snapshot of all recurrent layers (the state after its last token).
-Live caches pin the blocks they were served from; eviction is least-recently-used among unpinned leaves.
-Everything here runs under one lock; tensors are copied in and out by the cache (see `cache.py`).
+Live caches pin the blocks they were served from; a request writes the snapshots it takes straight into
+slots it reserved (counted in the budget), handed to the blocks when it publishes. Eviction follows the
+store's policy (`eviction.py`). Everything here runs under one lock; tensors are copied in and out by the
+cache (see `cache.py`) through slot views that stay valid while their slot is owned.
 """
 
 import threading
@@ -13,33 +15,42 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .eviction import EVICTION_POLICIES, Victim, cost_victim, lru_victim
 from .layout import ModelLayout, TensorSpec
 from .modes import MAMBA_CACHE_MODES
 from .slot_pool import SlotPool
+
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_EVICTION = "cost"  # chosen with benchmarks/trace.py (README, Memory)
 
 
 @dataclass(eq=False)
 class Block:
-    """One complete block of a cached prefix."""
+    """One complete block of a cached prefix: its K/V page, maybe the state snapshot after its last token."""
 
     key: bytes
     parent: "Block | None"
     page_id: int
+    depth: int  # blocks from the root, this one included
     snapshot_id: int | None = None
     num_children: int = 0
     # Live caches (and a publish in progress) holding this block; a pinned block is never evicted.
     num_pins: int = 0
+    # The store's clock when the page / the snapshot last served a request (eviction's recency).
+    page_used: int = 0
+    snapshot_used: int = 0
 
 
 @dataclass
 class Hit:
     """The blocks a request is served from: `blocks[i]` covers tokens `[i * block_size, (i+1) * block_size)`,
     and the last one carries the snapshot (when the model has recurrent layers). Pinned until
-    `PrefixStore.release`."""
+    `PrefixStore.release`. `num_matched`: how many leading blocks of the query the store holds at all,
+    with or without snapshot (where the prompt leaves the longest cached path)."""
 
     blocks: list[Block] = field(default_factory=list)
+    num_matched: int = 0
 
     @property
     def page_ids(self) -> list[int]:
@@ -57,11 +68,15 @@ class PrefixStore:
     Args:
         block_size: tokens per block: the K/V page size and the interval between state snapshots.
             Any value >= 1 is exact; larger blocks cost fewer snapshots and give coarser hits.
-        mamba_cache_mode: where recurrent (GDN, Mamba, conv) states are saved. "none": never (a hybrid
-            model gets no hits); "align": once per request, at the last block boundary before the final
-            prompt token, and at each boundary reached while generating; "all": at every boundary crossed.
-            A model without recurrent layers needs no snapshots: every complete block is a hit point.
-        max_bytes: bound on pages and snapshots together; least-recently-used blocks go first.
+        mamba_cache_mode: where recurrent (GDN, Mamba, conv) states are saved (`modes.py`). "none": never
+            (a hybrid model gets no hits); "align": at the last block boundary before the final prompt
+            token, and at each boundary reached while generating; "branch": as align, plus where the prompt
+            leaves the longest cached path, and only the last boundary reached while generating; "all":
+            at every boundary. A model without recurrent layers needs no snapshots: every complete block
+            is a hit point.
+        max_bytes: bound on pages and snapshots together, those requests are writing included.
+        eviction: "cost" (snapshots and pages evicted separately, by recency and compute saved per byte)
+            or "lru" (least recently used leaf block, page and snapshot together).
 
     The first cache bound to a store fixes its model layout (shapes, dtype, devices); a model with
     another layout needs its own store. Entries of different models or namespaces never hit each other.
@@ -72,6 +87,7 @@ class PrefixStore:
         block_size: int = DEFAULT_BLOCK_SIZE,
         mamba_cache_mode: str = "align",
         max_bytes: int = DEFAULT_MAX_BYTES,
+        eviction: str = DEFAULT_EVICTION,
     ):
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be an int >= 1 (for example 64 or 560), got {block_size!r}")
@@ -79,22 +95,27 @@ class PrefixStore:
             raise ValueError(f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {mamba_cache_mode!r}")
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ValueError(f"max_bytes must be a positive int (for example 256 << 20), got {max_bytes!r}")
+        if eviction not in EVICTION_POLICIES:
+            raise ValueError(f"eviction must be one of {EVICTION_POLICIES}, got {eviction!r}")
         self.block_size = block_size
         self.mamba_cache_mode = mamba_cache_mode
         self.max_bytes = max_bytes
+        self.eviction = eviction
         self.layout: ModelLayout | None = None
         self._lock = threading.RLock()
         self._pages: SlotPool | None = None
         self._snapshots: SlotPool | None = None
-        # Least recently used first.
+        # Least recently used first; a chain is touched deepest first (see `_touch`).
         self._blocks: OrderedDict[bytes, Block] = OrderedDict()
-        self._counters = dict(queries=0, query_tokens=0, hit_tokens=0, evictions=0)
+        self._reserved: set[int] = set()  # snapshot slots requests are writing, not yet any block's
+        self._clock = 0
+        self._counters = dict(queries=0, query_tokens=0, hit_tokens=0, evictions=0, snapshot_evictions=0)
 
     def __repr__(self) -> str:
         stats = self.stats()
         return (
             f"PrefixStore(block_size={self.block_size}, mamba_cache_mode={self.mamba_cache_mode!r}, "
-            f"blocks={stats['blocks']}, snapshots={stats['snapshots']}, "
+            f"eviction={self.eviction!r}, blocks={stats['blocks']}, snapshots={stats['snapshots']}, "
             f"bytes_used={stats['bytes_used']:,}/{self.max_bytes:,}, hit_rate={stats['hit_rate']:.2f})"
         )
 
@@ -171,10 +192,12 @@ class PrefixStore:
                     may_end_after is None or len(chain) in may_end_after
                 ):
                     best = len(chain)
-            hit = Hit(chain[:best])
+            hit = Hit(chain[:best], num_matched=len(chain))
             for block in hit.blocks:
                 block.num_pins += 1
             self._touch(hit.blocks)
+            if hit.blocks:
+                hit.blocks[-1].snapshot_used = self._clock
             self._counters["hit_tokens"] += best * self.block_size
             return hit
 
@@ -188,14 +211,11 @@ class PrefixStore:
     def read_pages(self, hit: Hit) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The K/V of `hit`'s blocks per attention layer: keys, values `[num_kv_heads, num_tokens, head_dim]`.
 
-        Safe without the lock: pinned pages are never freed nor rewritten.
+        Safe without the lock: pinned pages are never freed nor rewritten, and slot views never move.
         """
-        page_ids = torch.tensor(hit.page_ids, dtype=torch.long)
-        gathered = []
-        for pages in self._pages.tensors:
-            # `[n, H, block_size, D]` -> `[H, n * block_size, D]`: the pages side by side along the sequence.
-            blocks = pages.index_select(0, page_ids.to(pages.device))
-            gathered.append(blocks.transpose(0, 1).flatten(1, 2))
+        per_block = [self._pages.views(page_id) for page_id in hit.page_ids]
+        # Per cache tensor, the blocks' `[H, block_size, D]` pages side by side along the sequence.
+        gathered = [torch.cat(pages, dim=1) for pages in zip(*per_block)]
         return list(zip(gathered[0::2], gathered[1::2]))
 
     def read_snapshot(self, hit: Hit) -> list[torch.Tensor]:
@@ -204,7 +224,32 @@ class PrefixStore:
         Views into the pool, valid while `hit` is pinned (pinned slots are never freed nor rewritten);
         the caller copies them into its live state.
         """
-        return [states[hit.snapshot_id] for states in self._snapshots.tensors]
+        return self._snapshots.views(hit.snapshot_id)
+
+    # -- snapshots being written -------------------------------------------------------------------------
+
+    def reserve_snapshot(self) -> int | None:
+        """A snapshot slot for a running request to write into (`snapshot_views`), counted in the budget and
+        never evicted; None when nothing can be evicted to make room. Hand it to `publish` or give it back
+        with `release_snapshots`."""
+        with self._lock:
+            if not self._make_room(self.snapshot_bytes):
+                return None
+            slot_id = self._snapshots.allocate()
+            if slot_id is not None:
+                self._reserved.add(slot_id)
+            return slot_id
+
+    def snapshot_views(self, slot_id: int) -> list[torch.Tensor]:
+        """The slot's tensors in `layout.state_specs` order; stable while the slot is reserved or owned."""
+        return self._snapshots.views(slot_id)
+
+    def release_snapshots(self, slot_ids) -> None:
+        """Give back reserved snapshot slots that will not be published (a failed or partial request)."""
+        with self._lock:
+            for slot_id in slot_ids:
+                self._reserved.remove(slot_id)
+                self._snapshots.free(slot_id)
 
     # -- publish ---------------------------------------------------------------------------------------
 
@@ -212,7 +257,7 @@ class PrefixStore:
         self,
         keys: list[bytes],
         write_page: Callable[[int, list[torch.Tensor]], None],
-        snapshots: dict[int, Callable[[list[torch.Tensor], int], None]],
+        snapshots: dict[int, int],
     ) -> int:
         """Insert the blocks of one request, reusing those already present.
 
@@ -220,8 +265,8 @@ class PrefixStore:
             keys: block keys of the request's complete blocks, in order.
             write_page: `write_page(block_idx, page_tensors)` copies block `block_idx`'s K/V into the given
                 slot views (per attention layer, keys then values, each `[num_kv_heads, block_size, head_dim]`).
-            snapshots: block index -> `write(snapshot_tensors)` copying the state after that block into the
-                given slot views (in `layout.state_specs` order).
+            snapshots: block index -> a reserved slot holding the state after that block. Each becomes the
+                block's snapshot, or is freed (the block has one, or could not be inserted).
 
         Returns:
             the number of blocks newly inserted. A block becomes visible only once fully written; when
@@ -229,7 +274,9 @@ class PrefixStore:
         """
         with self._lock:
             chain: list[Block] = []
+            given: list[Block] = []  # blocks that took one of the request's snapshots
             inserted = 0
+            pending = dict(snapshots)
             try:
                 for block_idx, key in enumerate(keys):
                     block = self._blocks.get(key)
@@ -241,39 +288,40 @@ class PrefixStore:
                     # Pinned while this publish runs, so making room for the next block never evicts it.
                     block.num_pins += 1
                     chain.append(block)
-                    write_snapshot = snapshots.get(block_idx)
-                    if write_snapshot is not None and block.snapshot_id is None:
-                        block.snapshot_id = self._write_slot(self._snapshots, write_snapshot)
+                    slot_id = pending.pop(block_idx, None)
+                    if slot_id is not None and block.snapshot_id is None:
+                        self._reserved.remove(slot_id)
+                        block.snapshot_id = slot_id
+                        given.append(block)
+                    elif slot_id is not None:
+                        pending[block_idx] = slot_id  # freed below: the block already has a snapshot
             finally:
                 for block in chain:
                     block.num_pins -= 1
                 self._touch(chain)
+                for block in given:
+                    block.snapshot_used = self._clock
+                self.release_snapshots(pending.values())
             return inserted
 
     def _insert_block(self, key, parent, block_idx, write_page) -> Block | None:
-        page_id = self._write_slot(self._pages, lambda views: write_page(block_idx, views))
+        """Allocate a page (evicting if needed), fill it, and add the block; None when nothing can be
+        evicted. A failed write frees the page, so no half-written block ever exists."""
+        if not self._make_room(self.page_bytes):
+            return None
+        page_id = self._pages.allocate()
         if page_id is None:
             return None
-        block = Block(key=key, parent=parent, page_id=page_id)
+        try:
+            write_page(block_idx, self._pages.views(page_id))
+        except BaseException:
+            self._pages.free(page_id)
+            raise
+        block = Block(key=key, parent=parent, page_id=page_id, depth=parent.depth + 1 if parent else 1)
         if parent is not None:
             parent.num_children += 1
         self._blocks[key] = block
         return block
-
-    def _write_slot(self, pool: SlotPool, write: Callable[[list[torch.Tensor]], None]) -> int | None:
-        """Allocate a slot (evicting if needed), fill it, and return its id; None when nothing can be evicted.
-        A failed write frees the slot, so no half-written entry ever exists."""
-        if not self._make_room(pool.slot_bytes):
-            return None
-        slot_id = pool.allocate()
-        if slot_id is None:
-            return None
-        try:
-            write([tensor[slot_id] for tensor in pool.tensors])
-        except BaseException:
-            pool.free(slot_id)
-            raise
-        return slot_id
 
     # -- eviction --------------------------------------------------------------------------------------
 
@@ -284,22 +332,28 @@ class PrefixStore:
         return True
 
     def _evict_one(self) -> bool:
-        """Evict the least recently used unpinned leaf; False when every leaf is pinned.
+        """Evict one entry chosen by the policy; False when everything is pinned or reserved."""
+        if self.eviction == "lru":
+            victim = lru_victim(self._blocks.values())
+        else:
+            victim = cost_victim(
+                self._blocks.values(), self.block_size, self.page_bytes, self.snapshot_bytes, self.needs_snapshots
+            )
+        if victim is None:
+            return False
+        self._evict(victim)
+        return True
 
-        Only leaves: an inner block's page is part of its children's prefixes. Since a chain is touched
-        deepest first, an unpinned inner block is always more recent than its unpinned descendants, so
-        leaf-first eviction is also least-recently-used order."""
-        for block in self._blocks.values():
-            if not block.num_pins and block.num_children == 0:
-                self._remove_block(block)
-                return True
-        return False
-
-    def _remove_block(self, block: Block) -> None:
-        del self._blocks[block.key]
-        self._pages.free(block.page_id)
+    def _evict(self, victim: Victim) -> None:
+        block = victim.block
         if block.snapshot_id is not None:
             self._snapshots.free(block.snapshot_id)
+            block.snapshot_id = None
+        if victim.snapshot_only:
+            self._counters["snapshot_evictions"] += 1
+            return
+        del self._blocks[block.key]
+        self._pages.free(block.page_id)
         if block.parent is not None:
             block.parent.num_children -= 1
         self._counters["evictions"] += 1
@@ -307,21 +361,25 @@ class PrefixStore:
     def _touch(self, chain: list[Block]) -> None:
         # Deepest first, so that an ancestor always ranks as more recent than its descendants and
         # eviction peels a chain from its tail.
+        self._clock += 1
         for block in reversed(chain):
+            block.page_used = self._clock
             self._blocks.move_to_end(block.key)
 
     # -- inspection ------------------------------------------------------------------------------------
 
     def stats(self) -> dict:
         """Counters and sizes: queries, query_tokens, hit_tokens, hit_rate, blocks, snapshots,
-        pinned_blocks, bytes_used, max_bytes, page_bytes, snapshot_bytes, evictions, block_size, mode."""
+        reserved_snapshots, pinned_blocks, bytes_used, max_bytes, page_bytes, snapshot_bytes, evictions
+        (blocks), snapshot_evictions (snapshots dropped, pages kept), block_size, mode, eviction."""
         with self._lock:
             query_tokens = self._counters["query_tokens"]
             return dict(
                 **self._counters,
                 hit_rate=self._counters["hit_tokens"] / query_tokens if query_tokens else 0.0,
                 blocks=len(self._blocks),
-                snapshots=self._snapshots.num_used if self._snapshots else 0,
+                snapshots=sum(1 for block in self._blocks.values() if block.snapshot_id is not None),
+                reserved_snapshots=len(self._reserved),
                 pinned_blocks=sum(1 for block in self._blocks.values() if block.num_pins),
                 bytes_used=self.bytes_used,
                 max_bytes=self.max_bytes,
@@ -329,6 +387,7 @@ class PrefixStore:
                 snapshot_bytes=self.snapshot_bytes,
                 block_size=self.block_size,
                 mamba_cache_mode=self.mamba_cache_mode,
+                eviction=self.eviction,
             )
 
     def lru_keys(self) -> list[bytes]:
@@ -338,7 +397,8 @@ class PrefixStore:
 
     def check_invariants(self) -> None:
         """Raise RuntimeError listing every broken invariant: budget, parents present and more recent than
-        their children, child and pin counts, pool slots owned by exactly one block. For tests; O(blocks)."""
+        their children, depths, child and pin counts, every used slot owned by exactly one block (or, for
+        snapshots, reserved by a request). For tests; O(blocks)."""
         with self._lock:
             problems = []
             if self.bytes_used > self.max_bytes:
@@ -349,11 +409,15 @@ class PrefixStore:
                 if block.num_pins < 0:
                     problems.append(f"block {key.hex()[:8]} has num_pins {block.num_pins}")
                 if block.parent is None:
+                    if block.depth != 1:
+                        problems.append(f"root block {key.hex()[:8]} has depth {block.depth}")
                     continue
                 if self._blocks.get(block.parent.key) is not block.parent:
                     problems.append(f"block {key.hex()[:8]} has an evicted parent")
                     continue
                 num_children[block.parent.key] += 1
+                if block.depth != block.parent.depth + 1:
+                    problems.append(f"block {key.hex()[:8]} has depth {block.depth} under depth {block.parent.depth}")
                 if rank[block.parent.key] < rank[key]:
                     problems.append(f"block {key.hex()[:8]} is more recently used than its parent")
             for key, block in self._blocks.items():
@@ -361,22 +425,25 @@ class PrefixStore:
                     problems.append(f"block {key.hex()[:8]} counts {block.num_children} children, has {num_children[key]}")
             page_ids = [block.page_id for block in self._blocks.values()]
             snapshot_ids = [block.snapshot_id for block in self._blocks.values() if block.snapshot_id is not None]
+            if set(snapshot_ids) & self._reserved:
+                problems.append(f"snapshot slots both owned and reserved: {sorted(set(snapshot_ids) & self._reserved)}")
+            snapshot_ids += list(self._reserved)
             for name, pool, ids in (("page", self._pages, page_ids), ("snapshot", self._snapshots, snapshot_ids)):
                 num_used = pool.num_used if pool else 0
                 if len(set(ids)) != len(ids) or num_used != len(ids):
-                    problems.append(f"{num_used} {name} slots in use, {len(set(ids))} distinct owned by {len(ids)} blocks")
-                if pool and set(ids) & set(pool._free_ids):
-                    problems.append(f"{name} slots both owned and free: {sorted(set(ids) & set(pool._free_ids))}")
+                    problems.append(f"{num_used} {name} slots in use, {len(set(ids))} distinct held by {len(ids)} owners")
+                if pool and any(pool.is_free(slot_id) for slot_id in ids):
+                    problems.append(f"{name} slots both held and free")
             if problems:
                 raise RuntimeError("PrefixStore invariants broken: " + "; ".join(problems))
 
     def clear(self) -> None:
         """Drop every unpinned block (pinned ones stay until their caches finish); counters stay."""
         with self._lock:
-            evictions = self._counters["evictions"]
-            while self._evict_one():
-                pass
-            self._counters["evictions"] = evictions
+            counters = dict(self._counters)
+            while (victim := lru_victim(self._blocks.values())) is not None:
+                self._evict(victim)
+            self._counters = counters
 
 
 _default_store: PrefixStore | None = None

@@ -1,8 +1,13 @@
-"""Fixed-size slots in per-layer tensors: the storage under the prefix store's K/V pages and GDN snapshots.
+"""Fixed-size slots in per-layer tensors: the storage under the prefix store's K/V pages and state snapshots.
 
-A pool owns one tensor per cache layer, `[capacity, *slot_shape]`, each on its layer's own device. Slots are
-handed out by id; the pool never decides what to free (the store does, under its lock).
+A pool keeps, per cache tensor (one per layer and kind), a list of chunks `[chunk_slots, *slot_shape]` on
+that layer's own device. Growing adds a chunk and never moves the slots already handed out, so a slot's
+views stay valid while it is owned: a request can write its snapshots into reserved slots, and a reader
+can copy a pinned page, without holding the store's lock. The pool never decides what to free (the store
+does, under its lock).
 """
+
+import bisect
 
 import torch
 
@@ -12,28 +17,22 @@ INITIAL_CAPACITY = 16
 
 
 class SlotPool:
-    """Slots of `[*spec.shape]` in one tensor per spec, grown by doubling up to `max_slots`.
+    """Slots of `[*spec.shape]`, one per spec for every slot id, grown by doubling up to `max_slots`.
 
-    Growth allocates new tensors and copies the old ones, so slot ids stay valid but tensor addresses do
-    not: callers index by id at the time of use. Memory grows with use instead of reserving the whole
-    budget up front, which matters on GPUs where an allocation is never lazy.
+    Memory grows with use instead of reserving the whole budget up front, which matters on GPUs where an
+    allocation is never lazy.
     """
 
     def __init__(self, specs: list[TensorSpec], max_slots: int):
         self.specs = specs
         self.max_slots = max_slots
         self.slot_bytes = sum(spec.num_bytes for spec in specs)
-        self.tensors = [self._empty(spec, min(INITIAL_CAPACITY, max_slots)) for spec in specs]
-        self._free_ids = list(range(min(INITIAL_CAPACITY, max_slots) - 1, -1, -1))
+        self._chunks: list[list[torch.Tensor]] = []  # per chunk: one tensor per spec
+        self._chunk_starts: list[int] = []  # first slot id of each chunk
+        self.capacity = 0
+        self._free_ids: list[int] = []
         self.num_used = 0
-
-    @staticmethod
-    def _empty(spec: TensorSpec, capacity: int) -> torch.Tensor:
-        return torch.empty((capacity, *spec.shape), dtype=spec.dtype, device=spec.device)
-
-    @property
-    def capacity(self) -> int:
-        return self.tensors[0].shape[0] if self.tensors else 0
+        self._grow()
 
     def allocate(self) -> int | None:
         """A free slot id, or None when `max_slots` are in use."""
@@ -46,17 +45,23 @@ class SlotPool:
         self._free_ids.append(slot_id)
         self.num_used -= 1
 
+    def is_free(self, slot_id: int) -> bool:
+        return slot_id in self._free_ids
+
+    def views(self, slot_id: int) -> list[torch.Tensor]:
+        """One `[*spec.shape]` view per spec of slot `slot_id`: stable for as long as the pool lives."""
+        chunk_idx = bisect.bisect_right(self._chunk_starts, slot_id) - 1
+        offset = slot_id - self._chunk_starts[chunk_idx]
+        return [tensor[offset] for tensor in self._chunks[chunk_idx]]
+
     def _grow(self) -> bool:
-        old_capacity = self.capacity
-        new_capacity = min(2 * old_capacity, self.max_slots)
-        if new_capacity <= old_capacity:
+        num_new = min(max(self.capacity, INITIAL_CAPACITY), self.max_slots - self.capacity)
+        if num_new <= 0:
             return False
-        grown = []
-        for spec, tensor in zip(self.specs, self.tensors):
-            bigger = self._empty(spec, new_capacity)
-            bigger[:old_capacity].copy_(tensor)
-            grown.append(bigger)
-        # One assignment: a reader holding the old list still sees consistent (old) tensors.
-        self.tensors = grown
-        self._free_ids = list(range(new_capacity - 1, old_capacity - 1, -1)) + self._free_ids
+        chunk = [torch.empty((num_new, *spec.shape), dtype=spec.dtype, device=spec.device) for spec in self.specs]
+        self._chunks.append(chunk)
+        self._chunk_starts.append(self.capacity)
+        # Lowest ids first: allocate() pops from the end.
+        self._free_ids = list(range(self.capacity + num_new - 1, self.capacity - 1, -1)) + self._free_ids
+        self.capacity += num_new
         return True

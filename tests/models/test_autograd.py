@@ -39,13 +39,13 @@ def test_gradient_checkpointing_in_train_mode(models):
     input_ids = random_tokens(40, seed=3)[None]
     for m in (cold, model):
         m.train()
-        m.gradient_checkpointing_enable()
+        m.activation_checkpointing_enable()
     try:
         cold_loss, cold_grads = loss_and_grads(cold, input_ids)
         loss, grads = loss_and_grads(model, input_ids)
     finally:
         for m in (cold, model):
-            m.gradient_checkpointing_disable()
+            m.activation_checkpointing_disable()
             m.eval()
     assert loss == pytest.approx(cold_loss, abs=1e-6)
     assert all(torch.allclose(grad, cold_grad, atol=1e-6) for grad, cold_grad in zip(grads, cold_grads))

@@ -76,10 +76,11 @@ def all_pins(store: hhc.PrefixStore) -> list[int]:
 
 
 def assert_store_at_rest(store: hhc.PrefixStore) -> None:
-    """No cache is live: invariants hold, nothing is pinned, every slot belongs to a block."""
+    """No cache is live: invariants hold, nothing is pinned nor reserved, every slot belongs to a block."""
     store.check_invariants()
     stats = store.stats()
     assert stats["pinned_blocks"] == 0 and set(all_pins(store)) <= {0}
+    assert stats["reserved_snapshots"] == 0
     assert stats["bytes_used"] <= stats["max_bytes"]
     if store._pages is not None:
         assert store._pages.num_used == stats["blocks"]

@@ -81,7 +81,7 @@ def test_store_reused_with_another_model_layout(model, make_other):
         (dict(block_size=16.0), "block_size must be an int >= 1"),
         (dict(block_size=True), "block_size must be an int >= 1"),
         (dict(block_size="64"), "block_size must be an int >= 1"),
-        (dict(mamba_cache_mode="ALL"), r"mamba_cache_mode must be one of \('none', 'align', 'all'\)"),
+        (dict(mamba_cache_mode="ALL"), r"mamba_cache_mode must be one of \('none', 'align', 'branch', 'all'\)"),
         (dict(mamba_cache_mode=None), "mamba_cache_mode must be one of"),
         (dict(max_bytes=0), "max_bytes must be a positive int"),
         (dict(max_bytes=-1), "max_bytes must be a positive int"),

@@ -101,11 +101,11 @@ def test_fault_while_restoring_a_hit_releases_it(model, cold_model, error):
 
 
 class FailingPublishStore(CheckedPrefixStore):
-    """Raises `error` while writing the page (or the snapshot) of block `fail_block` of a publish."""
+    """Raises `error` while writing the page of block `fail_block` of a publish."""
 
-    def __init__(self, error, fail_block, in_snapshot, **kwargs):
+    def __init__(self, error, fail_block, **kwargs):
         super().__init__(**kwargs)
-        self.error, self.fail_block, self.in_snapshot = error, fail_block, in_snapshot
+        self.error, self.fail_block = error, fail_block
         self.armed = False
 
     def publish(self, keys, write_page, snapshots):
@@ -115,30 +115,15 @@ class FailingPublishStore(CheckedPrefixStore):
 
         def failing_write_page(block_idx, views):
             write_page(block_idx, views)  # a half-written slot: filled, then the fault
-            if block_idx == self.fail_block and not self.in_snapshot:
+            if block_idx == self.fail_block:
                 raise self.error
 
-        def failing_snapshot(write):
-            def wrapped(views):
-                write(views)
-                raise self.error
-
-            return wrapped
-
-        snapshots = {
-            block_idx: failing_snapshot(write) if block_idx == self.fail_block and self.in_snapshot else write
-            for block_idx, write in snapshots.items()
-        }
         return super().publish(keys, failing_write_page, snapshots)
 
 
-@pytest.mark.parametrize(
-    "error, in_snapshot",
-    [(KeyboardInterrupt(), False), (InjectedFault("disk full"), True)],
-    ids=["interrupt-in-page", "exception-in-snapshot"],
-)
-def test_fault_inside_publish_leaves_only_complete_blocks(model, cold_model, error, in_snapshot):
-    store = FailingPublishStore(error, fail_block=2, in_snapshot=in_snapshot, block_size=BLOCK_SIZE, mamba_cache_mode="all", max_bytes=64 << 20)
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), InjectedFault("disk full")], ids=["interrupt", "exception"])
+def test_fault_inside_publish_leaves_only_complete_blocks(model, cold_model, error):
+    store = FailingPublishStore(error, fail_block=2, block_size=BLOCK_SIZE, mamba_cache_mode="all", max_bytes=64 << 20)
     prompt = prompt_family(1, prefix_len=40, tail_len=30, seed=31)[0]  # 70 tokens + 3 decoded: 4 blocks
     cold = cold_generate(cold_model, prompt, max_new_tokens=MAX_NEW_TOKENS)
     store.armed = True
@@ -152,19 +137,45 @@ def test_fault_inside_publish_leaves_only_complete_blocks(model, cold_model, err
         with pytest.raises(type(error)):
             run(model, prompt, store, cache)
     assert store.violations == []
-    assert_store_at_rest(store)
-    stats = store.stats()
-    if in_snapshot:
-        # Block 2 is complete without its snapshot; publishing stopped there.
-        assert (stats["blocks"], stats["snapshots"]) == (3, 2)
-    else:
-        assert (stats["blocks"], stats["snapshots"]) == (2, 2)
+    assert_store_at_rest(store)  # the snapshots reserved for blocks 2 and 3 went back
+    assert (store.stats()["blocks"], store.stats()["snapshots"]) == (2, 2)
 
     for expected_cached in (32, 64):  # the surviving blocks, then the repaired chain
         output, cache = run(model, prompt, store)
         assert_same_as_cold(output, cold)
         assert cache.num_cached_tokens == expected_cached
     assert_store_at_rest(store)
+
+
+class FailingSnapshotStore(CheckedPrefixStore):
+    """Raises `error` the `fail_on`-th time a request asks for a reserved snapshot slot's views (while a
+    layer or the step hook writes a state into it)."""
+
+    def __init__(self, error, fail_on, **kwargs):
+        super().__init__(**kwargs)
+        self.error, self.fail_on, self.num_calls, self.armed = error, fail_on, 0, False
+
+    def snapshot_views(self, slot_id):
+        if self.armed:
+            self.num_calls += 1
+            if self.num_calls == self.fail_on:
+                raise self.error
+        return super().snapshot_views(slot_id)
+
+
+@pytest.mark.parametrize("error", [InjectedFault("write failed"), KeyboardInterrupt()], ids=["exception", "interrupt"])
+def test_fault_while_writing_a_snapshot_releases_the_reserved_slots(model, cold_model, error):
+    store = FailingSnapshotStore(error, fail_on=4, block_size=BLOCK_SIZE, mamba_cache_mode="all", max_bytes=64 << 20)
+    prompt = prompt_family(1, prefix_len=40, tail_len=30, seed=35)[0]
+    store.armed = True
+    with pytest.raises(type(error)):
+        run(model, prompt, store)
+    assert store.stats()["blocks"] == 0  # a failed request publishes nothing
+    assert_store_at_rest(store)  # and every slot it had reserved is free again
+    store.armed = False
+    output, cache = run(model, prompt, store)
+    assert_same_as_cold(output, cold_generate(cold_model, prompt, max_new_tokens=MAX_NEW_TOKENS))
+    assert store.violations == []
 
 
 class NestedRun(BaseStreamer):

@@ -1,4 +1,5 @@
-"""PrefixStore on a synthetic two-layer layout: shared pages, pins, LRU order, budget, snapshots."""
+"""PrefixStore on a synthetic two-layer layout: shared pages, pins, both eviction policies, budget,
+snapshots reserved by requests."""
 
 import pytest
 import torch
@@ -24,14 +25,15 @@ PAGE_BYTES, SNAPSHOT_BYTES = 64, 40
 ROOT = root_key(b"synthetic", None)
 
 
-def make_store(max_bytes=1 << 20, mode="all"):
-    store = PrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=max_bytes)
+def make_store(max_bytes=1 << 20, mode="all", eviction="cost"):
+    store = PrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=max_bytes, eviction=eviction)
     store.bind(LAYOUT)
     return store
 
 
 def publish(store, tokens, snapshot_blocks=None):
-    """Publish `tokens`; page of block i filled with the block's first token id, snapshots with -that."""
+    """Publish `tokens` as a request does: snapshots first written into reserved slots (filled with -the
+    block's first token id), then the pages (filled with that id)."""
     token_ids = torch.tensor(tokens)
     keys = block_keys(ROOT, token_ids, BLOCK_SIZE)
 
@@ -39,11 +41,14 @@ def publish(store, tokens, snapshot_blocks=None):
         for view in views:  # keys and values of each attention layer
             view.fill_(float(token_ids[block_idx * BLOCK_SIZE]))
 
-    def snapshot(block_idx):
-        return lambda views: [view.fill_(-float(token_ids[block_idx * BLOCK_SIZE])) for view in views]
-
-    blocks = range(len(keys)) if snapshot_blocks is None else snapshot_blocks
-    return store.publish(keys, write_page, {block_idx: snapshot(block_idx) for block_idx in blocks})
+    snapshots = {}
+    for block_idx in range(len(keys)) if snapshot_blocks is None else snapshot_blocks:
+        slot_id = store.reserve_snapshot()
+        if slot_id is not None:
+            for view in store.snapshot_views(slot_id):
+                view.fill_(-float(token_ids[block_idx * BLOCK_SIZE]))
+            snapshots[block_idx] = slot_id
+    return store.publish(keys, write_page, snapshots)
 
 
 def lookup(store, tokens):
@@ -90,7 +95,7 @@ def test_pins_count_and_release():
 
 def test_lru_order_and_eviction_of_least_recent_leaf():
     # Room for exactly three blocks with snapshots.
-    store = make_store(max_bytes=3 * (PAGE_BYTES + SNAPSHOT_BYTES))
+    store = make_store(max_bytes=3 * (PAGE_BYTES + SNAPSHOT_BYTES), eviction="lru")
     publish(store, [1] * 4)
     publish(store, [2] * 4)
     publish(store, [3] * 4)
@@ -115,7 +120,7 @@ def test_pinned_blocks_are_never_evicted_and_budget_holds():
 
 
 def test_chain_is_evicted_from_its_tail():
-    store = make_store(max_bytes=2 * PAGE_BYTES + 2 * SNAPSHOT_BYTES)
+    store = make_store(max_bytes=2 * PAGE_BYTES + 2 * SNAPSHOT_BYTES, eviction="lru")
     publish(store, [5] * 8)  # two blocks, two snapshots: budget full
     store.release(lookup(store, [5] * 8 + [0]))
     # The parent is more recent than its child (touched deepest first); the leaf goes first.
@@ -212,3 +217,56 @@ def test_keys_and_values_of_different_shapes_are_paged_apart():
     assert keys.shape == (1, 2 * BLOCK_SIZE, 6) and values.shape == (1, 2 * BLOCK_SIZE, 2)
     assert bool((values[0, BLOCK_SIZE:] == 4).all())
     store.release(hit)
+
+
+def test_cost_eviction_drops_a_shallow_snapshot_and_keeps_its_page():
+    """A snapshot after 1 block saves a quarter of what one after 4 blocks saves, for the same bytes: it
+    goes first, and its block stays as a page (the deeper snapshot still needs the whole chain)."""
+    store = make_store(max_bytes=4 * PAGE_BYTES + 2 * SNAPSHOT_BYTES, eviction="cost")
+    publish(store, [7] * 16, snapshot_blocks=[0, 3])
+    assert store.stats()["snapshots"] == 2
+    slot_id = store.reserve_snapshot()  # a request needs room for one more snapshot
+    assert slot_id is not None
+    stats = store.stats()
+    assert (stats["blocks"], stats["snapshots"], stats["snapshot_evictions"], stats["evictions"]) == (4, 1, 1, 0)
+    hit = lookup(store, [7] * 16 + [0])
+    assert len(hit.blocks) == 4  # the deep snapshot survived
+    store.release(hit)
+    store.release_snapshots([slot_id])
+    store.check_invariants()
+
+
+def test_cost_eviction_drops_pages_past_the_last_snapshot_first():
+    """A leaf page beyond every snapshot serves no hit: it goes before any snapshot."""
+    store = make_store(max_bytes=3 * PAGE_BYTES + SNAPSHOT_BYTES, eviction="cost")
+    publish(store, [8] * 12, snapshot_blocks=[0])
+    assert publish(store, [9] * 4, snapshot_blocks=[]) == 1
+    stats = store.stats()
+    assert (stats["blocks"], stats["snapshots"], stats["evictions"]) == (3, 1, 1)
+    assert len(lookup(store, [8] * 4 + [0]).blocks) == 1
+
+
+def test_reserved_snapshots_count_in_the_budget_and_go_back():
+    store = make_store(max_bytes=2 * (PAGE_BYTES + SNAPSHOT_BYTES))
+    publish(store, [1] * 8)  # fills the budget
+    hit = lookup(store, [1] * 8 + [0])  # pinned: nothing can be evicted
+    assert store.reserve_snapshot() is None  # no room: the request saves nothing more
+    store.release(hit)
+    slot_ids = [store.reserve_snapshot(), store.reserve_snapshot()]
+    assert None not in slot_ids and store.stats()["reserved_snapshots"] == 2
+    assert store.bytes_used <= store.max_bytes
+    store.check_invariants()
+    store.release_snapshots(slot_ids)
+    assert store.stats()["reserved_snapshots"] == 0
+    store.check_invariants()
+
+
+def test_publish_frees_the_snapshots_it_cannot_use():
+    store = make_store()
+    publish(store, [3] * 8)
+    duplicate = store.reserve_snapshot()  # block 0 already has a snapshot
+    beyond = store.reserve_snapshot()  # there is no block 5
+    keys = block_keys(ROOT, torch.tensor([3] * 8), BLOCK_SIZE)
+    assert store.publish(keys, lambda block_idx, views: None, {0: duplicate, 5: beyond}) == 0
+    assert store.stats()["reserved_snapshots"] == 0 and store.stats()["snapshots"] == 2
+    store.check_invariants()
