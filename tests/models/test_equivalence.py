@@ -7,21 +7,23 @@ import torch
 import hf_hybrid_cache as hhc
 from cold_oracle import assert_same_as_cold, cold_generate, generate, random_tokens
 
-MODES = ["none", "align", "all"]
+MODES = ["none", "align", "branch", "all"]
 # 64 is a multiple of the kernels' 64-token chunk; 48 and 40 are not.
 BLOCK_SIZES = [64, 48, 40]
 MAX_NEW_TOKENS = 6
 
 
 def saved_boundaries(mode: str, block_size: int, prompt_len: int, processed_len: int) -> set[int]:
-    """Token counts at which one request saves GDN states, per the modes' definitions."""
+    """Token counts at which one request into an empty store saves GDN states, per the modes' definitions
+    (branch: no cached path to leave yet, and only the last boundary past the prompt is kept)."""
     boundaries = list(range(block_size, processed_len + 1, block_size))
     if mode == "none":
         return set()
     if mode == "all":
         return set(boundaries)
-    before_last_token = [b for b in boundaries if b <= prompt_len - 1]
-    return set(before_last_token[-1:]) | {b for b in boundaries if b >= prompt_len}
+    before_last_token = set([b for b in boundaries if b <= prompt_len - 1][-1:])
+    past_the_prompt = [b for b in boundaries if b >= prompt_len]
+    return before_last_token | set(past_the_prompt[-1:] if mode == "branch" else past_the_prompt)
 
 
 def expected_hit(saved: set[int], shared_len: int, prompt_len: int) -> int:
@@ -56,7 +58,7 @@ def test_shared_prefix(model, cold_model, mode, block_size, shared):
         assert second_cache.num_cached_tokens > 0  # the test must exercise a real hit somewhere
 
 
-@pytest.mark.parametrize("mode", ["align", "all"])
+@pytest.mark.parametrize("mode", ["align", "branch", "all"])
 @pytest.mark.parametrize("block_size", BLOCK_SIZES, ids=lambda bs: f"bs{bs}")
 def test_exact_repeat_backs_off_one_boundary(model, cold_model, mode, block_size):
     prompt = random_tokens(2 * block_size, seed=4)[None]  # ends on a boundary: the hit must stop before it
@@ -68,7 +70,7 @@ def test_exact_repeat_backs_off_one_boundary(model, cold_model, mode, block_size
         assert cache.num_cached_tokens == expected_cached
 
 
-@pytest.mark.parametrize("mode", ["align", "all"])
+@pytest.mark.parametrize("mode", ["align", "branch", "all"])
 def test_multi_turn_hits_whole_history(model, cold_model, mode):
     block_size = 40
     store = make_store(mode, block_size)
@@ -79,7 +81,7 @@ def test_multi_turn_hits_whole_history(model, cold_model, mode):
     cache = hhc.HybridPrefixCache(model, store=store)
     assert_same_as_cold(generate(model, turn2, cache), cold_generate(cold_model, turn2))
     processed_in_turn1 = 70 + 30 - 1
-    # Boundary 80 was reached while decoding turn 1: both modes saved it.
+    # Boundary 80 was reached while decoding turn 1: every mode saved it (branch: as the last one).
     assert cache.num_cached_tokens == processed_in_turn1 // block_size * block_size == 80
 
 
@@ -172,3 +174,24 @@ def test_one_token_tail_after_a_hit(model, cold_model, mode, block_size):
     assert cache.num_cached_tokens == 3 * block_size
     assert torch.isfinite(output.logits[0]).all()
     assert_same_as_cold(output, cold_generate(cold_model, prompt))
+
+
+@pytest.mark.parametrize("block_size", [40, 16], ids=lambda bs: f"bs{bs}")
+def test_branch_saves_where_prompts_part(model, cold_model, block_size):
+    """Three prompts share a system prompt. The second misses it (no state there yet) but, leaving the
+    cached path there, saves the state at the branch point; the third hits it. align never saves it."""
+    system = random_tokens(3 * block_size + 5, seed=20)
+    # Tails longer than a block: each prompt's last boundary before its final token lies past the system prompt.
+    prompts = [torch.cat([system, random_tokens(block_size + 25, seed=21 + i)])[None] for i in range(3)]
+    branch_point = len(system) // block_size * block_size
+    hits = {}
+    for mode in ("branch", "align"):
+        store = make_store(mode, block_size)
+        hits[mode] = []
+        for prompt in prompts:
+            cache = hhc.HybridPrefixCache(model, store=store)
+            assert_same_as_cold(generate(model, prompt, cache), cold_generate(cold_model, prompt))
+            hits[mode].append(cache.num_cached_tokens)
+        store.check_invariants()
+    assert hits["branch"] == [0, 0, branch_point]
+    assert hits["align"] == [0, 0, 0]

@@ -18,7 +18,7 @@ from cold_oracle import (
 from hf_hybrid_cache.tiny import TINY_FAMILIES, tiny_model
 
 FAMILIES = ["qwen3_next", *TINY_FAMILIES]
-MODES = ["none", "align", "all"]
+MODES = ["none", "align", "branch", "all"]
 BLOCK_SIZE = 40
 MAX_NEW_TOKENS = 6
 EXPECTED_PATH = {
@@ -43,10 +43,12 @@ def expected_hit(model, mode: str, first_len: int, shared_len: int, second_len: 
         return usable // BLOCK_SIZE * BLOCK_SIZE  # every complete block, whatever the mode
     processed = first_len + MAX_NEW_TOKENS - 1  # the last generated token is never computed
     boundaries = range(BLOCK_SIZE, processed + 1, BLOCK_SIZE)
+    past_the_prompt = [b for b in boundaries if b >= first_len]
     if mode == "all":
         saved = set(boundaries)
-    elif mode == "align":
-        saved = {b for b in boundaries if b >= first_len} | set([b for b in boundaries if b <= first_len - 1][-1:])
+    elif mode in ("align", "branch"):  # branch: an empty store has no path to leave; the last decode boundary
+        saved = set(past_the_prompt[-1:] if mode == "branch" else past_the_prompt)
+        saved |= set([b for b in boundaries if b <= first_len - 1][-1:])
     else:
         saved = set()
     return max((b for b in saved if b <= usable), default=0)
@@ -84,7 +86,7 @@ def test_shared_prefixes(family, mode):
         store.check_invariants()
 
 
-@pytest.mark.parametrize("mode", ["align", "all"])
+@pytest.mark.parametrize("mode", ["align", "branch", "all"])
 def test_exact_repeat_and_next_turn(family, mode):
     """A repeat of a prompt ending on a boundary is served up to the boundary before it; the next turn of
     the chat is served through the boundary reached while generating."""
@@ -103,4 +105,21 @@ def test_exact_repeat_and_next_turn(family, mode):
     output, cache = run(model, turn2, store)
     assert_same_as_cold(output, cold_generate(cold, turn2, max_new_tokens=MAX_NEW_TOKENS), tolerance)
     assert cache.num_cached_tokens == 2 * BLOCK_SIZE  # boundary 80, reached while decoding turn 1
+    store.check_invariants()
+
+
+def test_branch_point_is_saved_and_served(family):
+    """Mode branch on both paths: the second prompt sharing a system prompt saves the state where it leaves
+    the cached path (the generic path splits its prefill there), and the third hits it."""
+    _, cold, model, tolerance = family
+    store = hhc.PrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode="branch", max_bytes=64 << 20)
+    system = random_tokens(2 * BLOCK_SIZE + 5, seed=20)
+    hits = []
+    for i in range(3):
+        prompt = torch.cat([system, random_tokens(BLOCK_SIZE + 25, seed=21 + i)])[None]
+        output, cache = run(model, prompt, store)
+        assert_same_as_cold(output, cold_generate(cold, prompt, max_new_tokens=MAX_NEW_TOKENS), tolerance)
+        hits.append(cache.num_cached_tokens)
+    branch_point = 2 * BLOCK_SIZE
+    assert hits == ([0, branch_point, branch_point] if model._hf_hybrid_cache_path == "attention-only" else [0, 0, branch_point])
     store.check_invariants()

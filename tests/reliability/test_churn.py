@@ -1,12 +1,12 @@
 """Property-based churn: random sequences of requests (shared prefixes, repeats, multi-turn follow-ups
-on a new or the same cache) over random modes, block sizes and budgets. After every request: the output
+on a new or the same cache) over random modes, eviction policies, block sizes and budgets. After every request: the output
 equals its cold run, the store's invariants hold, nothing is pinned, and the request's chain is the most
 recently used, ancestors first."""
 
 from collections import Counter
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import hf_hybrid_cache as hhc
@@ -28,12 +28,22 @@ step_strategy = st.fixed_dictionaries(
 scenario_strategy = st.fixed_dictionaries(
     dict(
         # The first value is what a minimal example takes: a mode that caches, a budget that evicts.
-        mode=st.sampled_from(["all", "align", "none"]),
+        mode=st.sampled_from(["all", "branch", "align", "none"]),
+        eviction=st.sampled_from(["cost", "lru"]),
         block_size=st.sampled_from([16, 8, 24]),
         budget_blocks=st.sampled_from([3, 1, 6, 40]),
         steps=st.lists(step_strategy, min_size=3, max_size=6),
     )
 )
+
+
+def step(kind, base=0, prefix_len=64, tail_seed=0, tail_len=30, max_new_tokens=3):
+    return dict(kind=kind, base=base, prefix_len=prefix_len, tail_seed=tail_seed, tail_len=tail_len, max_new_tokens=max_new_tokens)
+
+
+# Scenarios every run covers, whatever hypothesis draws: chats and shared prefixes under a tight budget,
+# where the cost policy evicts snapshots apart from their pages.
+PRESSURE = [step("fresh"), step("follow-up"), step("fresh", tail_seed=1), step("fresh", base=1), step("fresh", tail_seed=2)]
 
 
 def one_block_bytes(model, block_size, _sizes={}):
@@ -56,10 +66,14 @@ def test_random_churn_equals_cold_and_keeps_invariants(model, cold_model):
 
     @settings(max_examples=50, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(scenario=scenario_strategy)
+    @example(scenario=dict(mode="branch", eviction="cost", block_size=16, budget_blocks=3, steps=PRESSURE))
+    @example(scenario=dict(mode="all", eviction="cost", block_size=8, budget_blocks=6, steps=PRESSURE))
     def churn(scenario):
         block_size, mode = scenario["block_size"], scenario["mode"]
         max_bytes = scenario["budget_blocks"] * one_block_bytes(model, block_size)
-        store = CheckedPrefixStore(block_size=block_size, mamba_cache_mode=mode, max_bytes=max_bytes)
+        store = CheckedPrefixStore(
+            block_size=block_size, mamba_cache_mode=mode, max_bytes=max_bytes, eviction=scenario["eviction"]
+        )
         previous, previous_cache = None, None
         for step in scenario["steps"]:
             tail = random_tokens(step["tail_len"], seed=70 + step["tail_seed"])
@@ -89,7 +103,8 @@ def test_random_churn_equals_cold_and_keeps_invariants(model, cold_model):
             totals["steps"] += 1
             previous, previous_cache = output.sequences, cache
         totals["evictions"] += store.stats()["evictions"]
+        totals["snapshot_evictions"] += store.stats()["snapshot_evictions"]
 
     churn()
-    # The scenarios must have exercised hits and eviction, or this test proves little.
-    assert totals["hit_tokens"] > 0 and totals["evictions"] > 0, totals
+    # The scenarios must have exercised hits and both kinds of eviction, or this test proves little.
+    assert totals["hit_tokens"] > 0 and totals["evictions"] > 0 and totals["snapshot_evictions"] > 0, totals
