@@ -5,14 +5,18 @@
   its snapshot). Each unpinned candidate gets a utility, recency plus the compute a hit on it saves per
   byte it holds, both scaled to [0, 1] over the candidates (Marconi's FLOP-aware eviction), and the lowest
   goes. A snapshot after d blocks saves d * block_size tokens of prefill; a leaf page beyond the last
-  snapshot saves nothing a hit can use (it only marks a path), so it goes first.
+  snapshot saves nothing a hit can use (it only marks a path). Entries that can serve no likely hit go
+  before any other: such leaf pages, and snapshots on a path that goes on without branching (an earlier
+  turn of a chat whose next turn was published: only a request stopping exactly there would use it;
+  Marconi keeps states at branch points and leaves only).
 """
 
 from dataclasses import dataclass, field
 
 EVICTION_POLICIES = ("cost", "lru")
-# Weight of compute-saved-per-byte against recency in the "cost" utility.
-EFFICIENCY_WEIGHT = 1.0
+# Weight of compute-saved-per-byte against recency in the "cost" utility (best of 0, 0.5, 1 and 3 on
+# benchmarks/trace.py: a deeper snapshot saves more, but the shallow shared ones are hit more often).
+EFFICIENCY_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class _Candidate:
     victim: Victim
     last_used: int
     tokens_per_byte: float
+    superseded: bool = False
     utility: float = field(default=0.0)
 
 
@@ -48,11 +53,16 @@ def cost_victim(blocks, block_size: int, page_bytes: int, snapshot_bytes: int, n
             continue
         saved_tokens = block.depth * block_size
         if block.snapshot_id is not None:
-            candidates.append(_Candidate(Victim(block, snapshot_only=True), block.snapshot_used, saved_tokens / snapshot_bytes))
+            candidates.append(
+                _Candidate(Victim(block, snapshot_only=True), block.snapshot_used, saved_tokens / snapshot_bytes,
+                           superseded=block.num_children == 1)
+            )
         if block.num_children == 0:
             useful = block.snapshot_id is not None or not needs_snapshots
             num_bytes = page_bytes + (snapshot_bytes if block.snapshot_id is not None else 0)
-            candidates.append(_Candidate(Victim(block), block.page_used, saved_tokens / num_bytes if useful else 0.0))
+            candidates.append(
+                _Candidate(Victim(block), block.page_used, saved_tokens / num_bytes if useful else 0.0, superseded=not useful)
+            )
     if not candidates:
         return None
     oldest = min(c.last_used for c in candidates)
@@ -63,4 +73,4 @@ def cost_victim(blocks, block_size: int, page_bytes: int, snapshot_bytes: int, n
         efficiency = c.tokens_per_byte / best_efficiency if best_efficiency else 0.0
         c.utility = recency + EFFICIENCY_WEIGHT * efficiency
     # Ties: the deeper block first, so that a chain is peeled from its tail.
-    return min(candidates, key=lambda c: (c.utility, -c.victim.block.depth)).victim
+    return min(candidates, key=lambda c: (not c.superseded, c.utility, -c.victim.block.depth)).victim

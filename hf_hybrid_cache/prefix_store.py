@@ -22,7 +22,8 @@ from .slot_pool import SlotPool
 
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_MAX_BYTES = 1 << 30
-DEFAULT_EVICTION = "cost"  # chosen with benchmarks/trace.py (README, Memory)
+# Chosen with benchmarks/trace.py: branch with cost-aware eviction serves the most tokens at every budget.
+DEFAULT_EVICTION = "cost"
 
 
 @dataclass(eq=False)
@@ -85,7 +86,7 @@ class PrefixStore:
     def __init__(
         self,
         block_size: int = DEFAULT_BLOCK_SIZE,
-        mamba_cache_mode: str = "align",
+        mamba_cache_mode: str = "branch",
         max_bytes: int = DEFAULT_MAX_BYTES,
         eviction: str = DEFAULT_EVICTION,
     ):

@@ -34,11 +34,13 @@ def block_bytes(model, block_size: int) -> tuple[int, int]:
     return probe.page_bytes, probe.snapshot_bytes
 
 
-@pytest.mark.parametrize("mode", ["align", "all"])
-def test_threads_share_one_store_under_eviction(model, cold_model, mode):
+@pytest.mark.parametrize("mode, eviction", [("align", "lru"), ("all", "cost"), ("branch", "cost")])
+def test_threads_share_one_store_under_eviction(model, cold_model, mode, eviction):
     page_bytes, snapshot_bytes = block_bytes(model, BLOCK_SIZE)
     # Room for 6 blocks with snapshots: far less than the 8 distinct prompts publish.
-    store = CheckedPrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=6 * (page_bytes + snapshot_bytes))
+    store = CheckedPrefixStore(
+        block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=6 * (page_bytes + snapshot_bytes), eviction=eviction
+    )
     prompts = prompt_family(4, prefix_len=40, tail_len=30, seed=20) + prompt_family(4, prefix_len=56, tail_len=20, seed=21)
     cold = [cold_generate(cold_model, prompt, max_new_tokens=MAX_NEW_TOKENS) for prompt in prompts]
     # Each thread runs NUM_STEPS prompts from both families, in its own order: hits, misses and evictions interleave.
