@@ -72,6 +72,7 @@ class HybridPrefixCache(Cache):
         self._block_extras: dict[int, bytes] = {}  # block index -> digests of the images in it
         self._hit: Hit | None = None
         self._branch_point = 0  # branch mode: where the prompt leaves the longest cached path (tokens)
+        self._num_stored_blocks = 0  # leading blocks of the prompt the store held at lookup
         # boundary (tokens) -> [reserved store slot, number of states written into it so far]
         self._pending: dict[int, list[int]] = {}
         self._refused: set[int] = set()  # boundaries the store had no room for
@@ -169,7 +170,8 @@ class HybridPrefixCache(Cache):
             return self._pending[boundary][0]
         if boundary in self._refused:
             return None
-        slot_id = self.store.reserve_snapshot()
+        num_new_pages = boundary // self.store.block_size - self._num_stored_blocks
+        slot_id = self.store.reserve_snapshot(num_new_pages)
         if slot_id is None:
             self._refused.add(boundary)
             return None
@@ -206,6 +208,7 @@ class HybridPrefixCache(Cache):
         self._in_request = True
         self.num_cached_tokens = 0
         self._pending, self._refused, self._decode_boundary, self._branch_point = {}, set(), None, 0
+        self._num_stored_blocks = 0
         self._recording = False
         self._block_extras = block_extras(media, self.store.block_size)
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
@@ -231,6 +234,7 @@ class HybridPrefixCache(Cache):
         self._hit = self.store.lookup(keys, num_query_tokens=self._prompt_len, may_end_after=ends)
         if self._hit.blocks:
             self._restore(self._hit)
+        self._num_stored_blocks = self._hit.num_matched
         if self.store.mamba_cache_mode == "branch":
             self._branch_point = self._hit.num_matched * self.store.block_size
 

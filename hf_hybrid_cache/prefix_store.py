@@ -229,12 +229,16 @@ class PrefixStore:
 
     # -- snapshots being written -------------------------------------------------------------------------
 
-    def reserve_snapshot(self) -> int | None:
+    def reserve_snapshot(self, num_new_pages: int = 0) -> int | None:
         """A snapshot slot for a running request to write into (`snapshot_views`), counted in the budget and
         never evicted; None when nothing can be evicted to make room. Hand it to `publish` or give it back
-        with `release_snapshots`."""
+        with `release_snapshots`.
+
+        `num_new_pages`: pages the request will publish up to this snapshot's block. Room is made for them
+        too (not reserved), so that a request's own snapshots do not leave its pages without a place.
+        """
         with self._lock:
-            if not self._make_room(self.snapshot_bytes):
+            if not self._make_room(self.snapshot_bytes + num_new_pages * self.page_bytes):
                 return None
             slot_id = self._snapshots.allocate()
             if slot_id is not None:
