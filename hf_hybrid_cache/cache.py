@@ -170,7 +170,7 @@ class HybridPrefixCache(Cache):
             return self._pending[boundary][0]
         if boundary in self._refused:
             return None
-        num_new_pages = boundary // self.store.block_size - self._num_stored_blocks
+        num_new_pages = max(0, boundary // self.store.block_size - self._num_stored_blocks)
         slot_id = self.store.reserve_snapshot(num_new_pages)
         if slot_id is None:
             self._refused.add(boundary)

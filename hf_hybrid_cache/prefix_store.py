@@ -237,6 +237,8 @@ class PrefixStore:
         `num_new_pages`: pages the request will publish up to this snapshot's block. Room is made for them
         too (not reserved), so that a request's own snapshots do not leave its pages without a place.
         """
+        if num_new_pages < 0:
+            raise ValueError(f"num_new_pages must be >= 0, got {num_new_pages}")
         with self._lock:
             if not self._make_room(self.snapshot_bytes + num_new_pages * self.page_bytes):
                 return None

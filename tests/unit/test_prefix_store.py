@@ -270,3 +270,15 @@ def test_publish_frees_the_snapshots_it_cannot_use():
     assert store.publish(keys, lambda block_idx, views: None, {0: duplicate, 5: beyond}) == 0
     assert store.stats()["reserved_snapshots"] == 0 and store.stats()["snapshots"] == 2
     store.check_invariants()
+
+
+def test_a_reservation_makes_room_for_the_pages_it_will_need():
+    store = make_store(max_bytes=SNAPSHOT_BYTES + 2 * PAGE_BYTES)
+    assert store.reserve_snapshot(num_new_pages=3) is None  # its pages could never be published
+    slot_id = store.reserve_snapshot(num_new_pages=2)
+    assert slot_id is not None
+    keys = block_keys(ROOT, torch.tensor([4] * 8), BLOCK_SIZE)
+    assert store.publish(keys, lambda block_idx, views: None, {1: slot_id}) == 2
+    assert (store.stats()["blocks"], store.stats()["snapshots"]) == (2, 1)
+    with pytest.raises(ValueError, match="num_new_pages must be >= 0"):
+        store.reserve_snapshot(num_new_pages=-1)
