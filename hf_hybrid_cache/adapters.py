@@ -1,5 +1,5 @@
-"""The gated-delta-rule mixers that run on our one-pass kernels (and the adapter module of each), and the
-mixers whose transformers forward cannot continue from a restored state.
+"""The mixers with an adapter, and the adapter module of each: gated-delta-rule mixers on our one-pass
+kernels, and Jamba's Mamba layer, which needs a fix to continue from a restored state.
 
 Keyed by the name of transformers' mixer class, so that an adapter (and its transformers modeling module)
 is imported only when a model holding that mixer shows up. An adapter module maps transformers' class to
@@ -15,25 +15,12 @@ ADAPTER_MODULES = {
     "Qwen3_5GatedDeltaNet": "hf_hybrid_cache.qwen3_5",
     "Qwen3_5MoeGatedDeltaNet": "hf_hybrid_cache.qwen3_5",
     "OlmoHybridGatedDeltaNet": "hf_hybrid_cache.olmo_hybrid",
+    "JambaMambaMixer": "hf_hybrid_cache.jamba",
 }
-
-# transformers class name -> why a prefix cannot be continued exactly on it (checked with transformers 5.24)
-UNSUPPORTED_MIXERS = {
-    "JambaMambaMixer": (
-        "transformers' Jamba Mamba layer starts every multi-token step from a zero SSM state (its selective scan "
-        "takes no initial state; only one-token steps read the cache), so a prompt continued after a restored "
-        "prefix would differ from a cold run"
-    ),
-}
-
-
-def unsupported_reason(module: torch.nn.Module) -> str | None:
-    """Why `module` cannot be served, or None."""
-    return UNSUPPORTED_MIXERS.get(type(module).__name__)
 
 
 def patched_mixer_class(module: torch.nn.Module) -> type | None:
-    """Our one-pass class for `module` (one of transformers' GatedDeltaNets), or None if it has none."""
+    """Our class for `module` (one of transformers' mixers), or None if it has none."""
     adapter = ADAPTER_MODULES.get(type(module).__name__)
     if adapter is None:
         return None
@@ -41,7 +28,8 @@ def patched_mixer_class(module: torch.nn.Module) -> type | None:
     return importlib.import_module(adapter).PATCHED_MIXERS.get(type(module))
 
 
-def is_patched_mixer(module: torch.nn.Module) -> bool:
+def is_one_pass_mixer(module: torch.nn.Module) -> bool:
+    """Whether `module` takes its boundary states inside a forward (our GatedDeltaNets)."""
     from .gated_delta_net import PrefixGatedDeltaNet
 
     return isinstance(module, PrefixGatedDeltaNet)

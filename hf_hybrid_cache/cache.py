@@ -59,10 +59,8 @@ class HybridPrefixCache(Cache):
             layers=[DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs) for kind, kwargs in zip(layer_types, layer_kwargs)]
         )
         # (layer_idx, "conv" | "recurrent", state_idx) -> position in a snapshot (`layout.state_specs` order)
-        self._state_positions = {
-            (layer.layer_idx, state.kind, state.state_idx): pos
-            for pos, (layer, state) in enumerate((layer, state) for layer in self.layout.recurrent for state in layer.states)
-        }
+        state_keys = [(layer.layer_idx, state.kind, state.state_idx) for layer in self.layout.recurrent for state in layer.states]
+        self._state_positions = {key: pos for pos, key in enumerate(state_keys)}
         self.num_cached_tokens = 0
         self.num_seen_tokens = 0  # tokens the live state holds
         self._token_ids: torch.Tensor | None = None  # `[num_seen_tokens]` the tokens it holds (batch 1)
@@ -118,10 +116,10 @@ class HybridPrefixCache(Cache):
 
     @property
     def max_offsets_per_call(self) -> int:
-        """How many states one one-pass layer may compute in one kernel call: with one per recurrent layer,
-        the states alive before they reach their slots stay below one snapshot's worth, however long the
+        """How many states one one-pass layer may compute in one kernel call: with two per recurrent layer,
+        the states alive before they reach their slots stay within two snapshots' worth, however long the
         prompt (a longer step is run in segments)."""
-        return max(1, len(self.layout.recurrent))
+        return max(1, 2 * len(self.layout.recurrent))
 
     def record_states(
         self, layer_idx: int, offsets: list[int], conv_states: torch.Tensor, recurrent_states: torch.Tensor

@@ -16,7 +16,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
 
 from . import vision
-from .adapters import is_patched_mixer, patched_mixer_class, unsupported_reason
+from .adapters import is_one_pass_mixer, patched_mixer_class
 from .cache import HybridPrefixCache
 from .layout import SUPPORTED_CACHE_LAYERS
 
@@ -29,8 +29,8 @@ UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "imag
 SUPPORTED_MODELS = (
     "decoder-only models whose cache layers are full attention, recurrent states or both: gated-delta-rule "
     "families on our kernels (qwen3_next, qwen3_5, qwen3_5_moe, olmo_hybrid), Mamba2 / short-conv / KDA "
-    "hybrids on transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, lfm2, kimi_linear, ...), "
-    "and plain attention models (llama, qwen3, mistral, ...); not jamba"
+    "hybrids on transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, jamba, lfm2, kimi_linear, "
+    "...), and plain attention models (llama, qwen3, mistral, ...)"
 )
 
 
@@ -56,7 +56,7 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
     if _can_generate(model):
         recurrent_layers = {idx for idx, layer in enumerate(cache_layers) if isinstance(layer, LinearAttentionCacheLayerMixin)}
         # Mixers swapped now or earlier (a submodule such as the base model may have been patched first).
-        one_pass_layers = {module.layer_idx for module in model.modules() if is_patched_mixer(module)}
+        one_pass_layers = {module.layer_idx for module in model.modules() if is_one_pass_mixer(module)}
         if not recurrent_layers:
             model._hf_hybrid_cache_path = ATTENTION_ONLY
         else:
@@ -73,10 +73,6 @@ def _check_supported(model: torch.nn.Module) -> list:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "get_text_config") or getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}. Supported: {SUPPORTED_MODELS}.")
-    for module in model.modules():
-        reason = unsupported_reason(module)
-        if reason is not None:
-            raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}: {reason}. Supported: {SUPPORTED_MODELS}.")
     cache_layers = DynamicCache(config=config).layers
     for layer_idx, layer in enumerate(cache_layers):
         if type(layer) not in SUPPORTED_CACHE_LAYERS:
@@ -100,7 +96,7 @@ def _can_generate(model: torch.nn.Module) -> bool:
 
 
 def _swap_mixers(model: torch.nn.Module) -> None:
-    """Turn every GatedDeltaNet with an adapter into its one-pass class (same weights, same module)."""
+    """Turn every mixer with an adapter into our class (same weights, same module)."""
     for module in model.modules():
         patched_class = patched_mixer_class(module)  # None for ours: they are not in the adapter table
         if patched_class is None:

@@ -125,6 +125,11 @@ TINY_FAMILIES = {
     # Every Falcon-H1 layer runs attention and Mamba2 side by side ("hybrid" cache layers).
     "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", dict(_MAMBA2, mamba_d_ssm=128)),
     "bamba": ("BambaConfig", "BambaForCausalLM", dict(_MAMBA2, attn_layer_indices=[2])),
+    # Jamba: Mamba (v1) layers, attention at layer 2 of 4, MoE on odd layers (period / offset as the real model's).
+    "jamba": ("JambaConfig", "JambaForCausalLM", dict(
+        attn_layer_period=4, attn_layer_offset=2, expert_layer_period=2, expert_layer_offset=1, num_experts=4,
+        num_experts_per_tok=2, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2,
+    )),
     "lfm2": ("Lfm2Config", "Lfm2ForCausalLM",
              dict(num_hidden_layers=6, full_attn_idxs=[2, 5], block_auto_adjust_ff_dim=False, conv_L_cache=3)),
     "lfm2_moe": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM", dict(
