@@ -151,8 +151,16 @@ class HybridPrefixCache(Cache):
             return
         if self.store.mamba_cache_mode == "branch" and boundary >= self._prompt_len:
             # Only the latest boundary past the prompt serves the next turn: it takes the previous one's slot.
-            if self._decode_boundary in self._pending:
-                self._pending[boundary] = self._pending.pop(self._decode_boundary)
+            previous = self._decode_boundary
+            last_before_final = (self._prompt_len - 1) // self.store.block_size * self.store.block_size
+            if previous not in self._pending and last_before_final in self._pending and last_before_final != self._branch_point:
+                # Under memory pressure, this request's own state before its final token, which the new one
+                # supersedes on the same path, gives way before anything of another request is evicted.
+                num_new_pages = max(0, boundary // self.store.block_size - self._num_stored_blocks)
+                if not self.store.has_room(1, num_new_pages):
+                    previous = last_before_final
+            if previous in self._pending:
+                self._pending[boundary] = self._pending.pop(previous)
             self._decode_boundary = boundary
         slot_id = self._slot(boundary)
         if slot_id is None:

@@ -247,6 +247,11 @@ class PrefixStore:
                 self._reserved.add(slot_id)
             return slot_id
 
+    def has_room(self, num_snapshots: int, num_pages: int) -> bool:
+        """Whether that many more snapshots and pages fit in the budget without evicting anything."""
+        with self._lock:
+            return self.bytes_used + num_snapshots * self.snapshot_bytes + num_pages * self.page_bytes <= self.max_bytes
+
     def snapshot_views(self, slot_id: int) -> list[torch.Tensor]:
         """The slot's tensors in `layout.state_specs` order; stable while the slot is reserved or owned."""
         return self._snapshots.views(slot_id)

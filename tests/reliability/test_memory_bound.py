@@ -4,6 +4,7 @@ computes at most two states per recurrent layer per kernel call. When the budget
 and the output still equals the cold run. Slots are counted here; nothing is timed or measured in RSS."""
 
 import pytest
+import torch
 
 import hf_hybrid_cache as hhc
 from hf_hybrid_cache import kernels
@@ -58,3 +59,23 @@ def test_a_budget_of_one_block_stops_saving_cleanly(model, cold_model):
     assert_same_as_cold(output, cold_generate(cold_model, PROMPT, max_new_tokens=5))
     assert_store_at_rest(store)
     assert store.stats()["blocks"] <= 1 and store.violations == []
+
+
+def test_under_pressure_a_request_gives_up_its_own_superseded_state_first(model, cold_model):
+    """Mode branch, a full store: when a request's decode reaches a boundary, the state it saved before its
+    final prompt token (which the new one supersedes on the same path) gives way, not another request's."""
+    probe = hhc.PrefixStore(block_size=16)
+    hhc.HybridPrefixCache(model, store=probe)
+    # Exactly two snapshots, and the pages of both requests below.
+    max_bytes = 2 * probe.snapshot_bytes + 5 * probe.page_bytes
+    store = CheckedPrefixStore(block_size=16, mamba_cache_mode="branch", max_bytes=max_bytes)
+    first, second = random_tokens(40, seed=81)[None], random_tokens(40, seed=82)[None]
+    generate(model, first, hhc.HybridPrefixCache(model, store=store), max_new_tokens=1)  # saves its state at 32
+    output = generate(model, second, hhc.HybridPrefixCache(model, store=store), max_new_tokens=10)  # 32, then 48
+    assert_same_as_cold(output, cold_generate(cold_model, second, max_new_tokens=10))
+    assert (store.stats()["snapshots"], store.stats()["evictions"] + store.stats()["snapshot_evictions"]) == (2, 0)
+    for prompt, expected in ((first, 32), (torch.cat([output.sequences[0, :-1], random_tokens(5, seed=83)])[None], 48)):
+        cache = hhc.HybridPrefixCache(model, store=store)
+        generate(model, prompt, cache, max_new_tokens=1)
+        assert cache.num_cached_tokens == expected
+    assert_store_at_rest(store)
