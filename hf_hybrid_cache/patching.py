@@ -1,10 +1,11 @@
-"""`patch(model)`: gated-delta-rule layers on our one-pass kernels, and a `generate` that serves and feeds the
-prefix store.
+"""`patch(model)`: the mixers we have an adapter for (`adapters.py`: gated-delta-rule layers on our one-pass
+kernels, Jamba's Mamba layer made to continue from a cached state), and a `generate` that serves and feeds
+the prefix store.
 
-Two paths, picked per model. One-pass: every recurrent layer is a GatedDeltaNet we have an adapter for
-(`adapters.py`), whose forward hands over the states at block boundaries inside a prefill. Generic: any
-other recurrent layer (Mamba, Mamba2, short convs, KDA ...) runs transformers' own forward, and the prefill
-is split at exactly the boundaries the mode saves. Models without recurrent layers need neither.
+Two paths, picked per model. One-pass: every recurrent layer is one of our GatedDeltaNets, whose forward
+hands over the states at block boundaries inside a prefill. Generic: any other recurrent layer (Mamba,
+Mamba2, short convs, KDA ...) runs transformers' own forward, and the prefill is split at exactly the
+boundaries the mode saves. Models without recurrent layers need neither.
 The wrapped `generate` only acts when the cache passed in is a `HybridPrefixCache`; anything else goes
 straight to transformers' own `generate`.
 """
