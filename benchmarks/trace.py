@@ -1,7 +1,7 @@
 """Token hit rate of each mode and eviction policy under three budgets, on a mixed workload, next to the
 bound an unlimited store would reach.
 
-    .venv/bin/python benchmarks/trace.py [--budgets 8 15 40] [--block-size 32] [--seed 0]
+    .venv/bin/python benchmarks/trace.py [--budgets 8 15 40] [--block-size 32] [--seed 0] [--breakdown]
 
 Workload (interleaved, seeded): multi-turn chats over a few shared system prompts, questions over one long
 shared document, and regenerations of a chat's last turn. Model: a tiny Qwen3-Next whose snapshot weighs
@@ -55,9 +55,10 @@ def workload(seed: int, num_systems=3, num_chats=12, num_turns=4, num_questions=
 
 
 def run(model, store, events, chat_systems, document):
-    """Serve the events; returns (hit rate, the sequences each request computed, its prompts)."""
+    """Serve the events; returns the hit rate and, per request served: its kind, prompt, tokens served from
+    the store, and the sequence it computed."""
     history = {chat: system[None] for chat, system in chat_systems.items()}
-    last_prompt, computed, prompts = {}, [], []
+    last_prompt, requests = {}, []
     for kind, chat, new_tokens in events:
         if kind == "turn":
             prompt = torch.cat([history[chat], new_tokens[None]], dim=1)
@@ -67,24 +68,34 @@ def run(model, store, events, chat_systems, document):
             prompt = last_prompt[chat]
         else:
             prompt = torch.cat([document, new_tokens])[None]
-        output = model.generate(prompt, attention_mask=torch.ones_like(prompt), past_key_values=hhc.HybridPrefixCache(model, store=store),
+        cache = hhc.HybridPrefixCache(model, store=store)
+        output = model.generate(prompt, attention_mask=torch.ones_like(prompt), past_key_values=cache,
                                 max_new_tokens=SIZES["reply"], min_new_tokens=SIZES["reply"], do_sample=False, pad_token_id=0)
+        if kind == "turn" and history[chat].shape[1] == len(chat_systems[chat]):
+            kind = "first turn"
         if kind != "question":
             history[chat], last_prompt[chat] = output, prompt
-        prompts.append(prompt[0])
-        computed.append(output[0, :-1])  # the last generated token is never fed back
-    return store.stats()["hit_rate"], computed, prompts
+        # The last generated token is never fed back: the sequence computed ends before it.
+        requests.append((kind, prompt[0], cache.num_cached_tokens, output[0, :-1]))
+    return store.stats()["hit_rate"], requests
 
 
-def oracle_hit_rate(prompts, computed, block_size: int) -> float:
-    """Every request served the longest block-aligned prefix an earlier request computed (leaving one token)."""
-    seen, hit, total = set(), 0, 0
-    for prompt, sequence in zip(prompts, computed):
+def oracle_hits(requests, block_size: int) -> list[int]:
+    """Per request, the longest block-aligned prefix an earlier request computed (leaving one token)."""
+    seen, hits = set(), []
+    for _, prompt, _, computed in requests:
         keys = block_keys(b"oracle", prompt[:-1], block_size)
-        hit += next((i for i, key in enumerate(keys) if key not in seen), len(keys)) * block_size
-        total += len(prompt)
-        seen.update(block_keys(b"oracle", sequence, block_size))
-    return hit / total
+        hits.append(next((i for i, key in enumerate(keys) if key not in seen), len(keys)) * block_size)
+        seen.update(block_keys(b"oracle", computed, block_size))
+    return hits
+
+
+def print_breakdown(requests, oracle: list[int]) -> None:
+    """Tokens served vs the oracle's, per kind of request."""
+    for kind in ("first turn", "turn", "regenerate", "question"):
+        rows = [(request[2], best) for request, best in zip(requests, oracle) if request[0] == kind]
+        served, best = sum(r[0] for r in rows), sum(r[1] for r in rows)
+        print(f"  {kind:11s} {len(rows):3d} requests, served {served:6d} of the oracle's {best:6d} tokens ({served / max(best, 1):.2f})")
 
 
 def main():
@@ -92,6 +103,7 @@ def main():
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 15, 40], help="in snapshots' worth of bytes")
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--breakdown", action="store_true", help="per kind of request, for branch/cost")
     args = parser.parse_args()
 
     model = hhc.patch(tiny_qwen3_next(**MODEL))
@@ -104,21 +116,23 @@ def main():
 
     start = time.perf_counter()
     unlimited = hhc.PrefixStore(block_size=args.block_size, mamba_cache_mode="all", max_bytes=1 << 40)
-    unlimited_rate, computed, prompts = run(model, unlimited, events, chat_systems, document)
-    oracle = oracle_hit_rate(prompts, computed, args.block_size)
+    unlimited_rate, requests = run(model, unlimited, events, chat_systems, document)
+    best_hits = oracle_hits(requests, args.block_size)
+    oracle = sum(best_hits) / sum(len(prompt) for _, prompt, _, _ in requests)
     print(f"oracle {oracle:.3f}; mode all with unlimited memory {unlimited_rate:.3f} "
           f"({time.perf_counter() - start:.0f} s per configuration)\n")
 
     columns = [(mode, policy) for mode in MODES for policy in EVICTION_POLICIES]
     print(f"{'budget':>8s}{'oracle':>8s}" + "".join(f"{f'{mode}/{policy}':>13s}" for mode, policy in columns))
-    results = {}
+    results, breakdowns = {}, {}
     for budget in args.budgets:
         row = f"{budget:>8d}{oracle:8.3f}"
         for mode, policy in columns:
             store = hhc.PrefixStore(block_size=args.block_size, mamba_cache_mode=mode,
                                     max_bytes=budget * probe.snapshot_bytes, eviction=policy)
-            results[budget, mode, policy] = run(model, store, events, chat_systems, document)[0]
+            results[budget, mode, policy], served = run(model, store, events, chat_systems, document)
             row += f"{results[budget, mode, policy]:13.3f}"
+            breakdowns[budget, mode, policy] = served
         print(row, flush=True)
 
     budget = min(args.budgets, key=lambda b: abs(b - 15))
@@ -128,6 +142,9 @@ def main():
         other = max(results[budget, "align", policy], results[budget, "all", policy])
         print(f"  {policy:5s} branch / oracle {branch / oracle:.2f} (target >= 0.8); "
               f"branch / best of align, all {branch / other if other else float('inf'):.2f} (target >= 1.25)")
+    if args.breakdown:
+        print(f"\nbranch / cost at {budget} snapshots, per kind of request:")
+        print_breakdown(breakdowns[budget, "branch", "cost"], best_hits)
 
 
 if __name__ == "__main__":
