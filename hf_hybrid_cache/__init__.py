@@ -6,10 +6,15 @@ Hugging Face transformers.
     cache = hhc.HybridPrefixCache(model)            # shares the process-wide PrefixStore
     model.generate(input_ids, past_key_values=cache, max_new_tokens=32)
     cache.num_cached_tokens                          # prompt tokens served from the store
+
+    hhc.patch(model, auto=True)                      # or: every generate() without a cache uses one
+    model.generate(input_ids, max_new_tokens=32)
+    hhc.cached_tokens(input_ids)
 """
 
+from .auto import cached_tokens
 from .cache import HybridPrefixCache
 from .patching import patch
 from .prefix_store import PrefixStore, get_default_store, set_default_store
 
-__all__ = ["HybridPrefixCache", "PrefixStore", "get_default_store", "patch", "set_default_store"]
+__all__ = ["HybridPrefixCache", "PrefixStore", "cached_tokens", "get_default_store", "patch", "set_default_store"]

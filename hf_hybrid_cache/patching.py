@@ -6,8 +6,8 @@ Two paths, picked per model. One-pass: every recurrent layer is one of our Gated
 hands over the states at block boundaries inside a prefill. Generic: any other recurrent layer (Mamba,
 Mamba2, short convs, KDA ...) runs transformers' own forward, and the prefill is split at exactly the
 boundaries the mode saves. Models without recurrent layers need neither.
-The wrapped `generate` only acts when the cache passed in is a `HybridPrefixCache`; anything else goes
-straight to transformers' own `generate`.
+The wrapped `generate` acts when the cache passed in is a `HybridPrefixCache`, or when none is passed and
+auto mode is on (`auto.py`); anything else goes straight to transformers' own `generate`.
 """
 
 import inspect
@@ -16,10 +16,12 @@ import types
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
 
+from . import auto as auto_mode
 from . import vision
 from .adapters import is_one_pass_mixer, patched_mixer_class
 from .cache import HybridPrefixCache
 from .layout import SUPPORTED_CACHE_LAYERS
+from .prefix_store import PrefixStore
 
 ONE_PASS = "one-pass"
 GENERIC = "generic"
@@ -35,7 +37,7 @@ SUPPORTED_MODELS = (
 )
 
 
-def patch(model: torch.nn.Module) -> torch.nn.Module:
+def patch(model: torch.nn.Module, auto: bool | None = None, store: PrefixStore | None = None) -> torch.nn.Module:
     """Prepare `model` for `HybridPrefixCache`; idempotent. Returns `model`.
 
     Accepts every model class of a supported family (causal LMs, vision-language models, base models,
@@ -46,12 +48,26 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
     Runs nothing: a model still on the meta device (not loaded yet) can be patched; its cache layout is
     read at the first `HybridPrefixCache`.
 
+    Args:
+        auto: True: every `generate()` that passes no cache runs on a `HybridPrefixCache` over `store` (what
+            caching cannot serve, such as a batch or beam search, runs as unpatched generate); False: turn
+            that off again; None (default): leave it as it is.
+        store: the `PrefixStore` auto mode uses; None: the process-wide one (`get_default_store()`).
+
     Raises:
         ValueError: the model cannot be served (encoder-decoder, sliding-window or indexed attention, no
             attention layer at all); the message says why and lists what is supported.
     """
-    if getattr(model, "_hf_hybrid_cache_patched", False):
-        return model
+    if not getattr(model, "_hf_hybrid_cache_patched", False):
+        _patch(model)
+    if auto is not None:
+        auto_mode.configure(model, auto, store)
+    elif store is not None:
+        raise ValueError("store= is the store auto mode uses: pass it with auto=True.")
+    return model
+
+
+def _patch(model: torch.nn.Module) -> None:
     cache_layers = _check_supported(model)
     _swap_mixers(model)
     if _can_generate(model):
@@ -66,7 +82,6 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
         model.generate = types.MethodType(_generate, model)
         model.register_forward_hook(_end_step, with_kwargs=True)
     model._hf_hybrid_cache_patched = True
-    return model
 
 
 def _check_supported(model: torch.nn.Module) -> list:
@@ -121,8 +136,16 @@ def _end_step(model, args, kwargs, output) -> None:
 
 def _generate(self, *args, **kwargs):
     cache = kwargs.get("past_key_values", kwargs.get("cache"))
+    if cache is None and auto_mode.wants_cache(self, args, kwargs):
+        kwargs.pop("past_key_values", None)
+        cache = kwargs["cache"] = HybridPrefixCache(self, store=auto_mode.store_of(self))
+        return _generate_on(self, cache, args, kwargs, record_hit=True)
     if not isinstance(cache, HybridPrefixCache):
         return type(self).generate(self, *args, **kwargs)
+    return _generate_on(self, cache, args, kwargs)
+
+
+def _generate_on(self, cache: HybridPrefixCache, args: tuple, kwargs: dict, record_hit: bool = False):
     if cache.model is not self:
         raise ValueError(
             "This HybridPrefixCache was built for another model: create one per model, "
@@ -136,10 +159,14 @@ def _generate(self, *args, **kwargs):
         media = vision.media_items(self, input_ids, kwargs)
     elif any(kwargs.get(name) is not None for name in UNKEYED_INPUTS):
         media = None
+    requested_ids = input_ids
     if media is None:
         input_ids, media = None, []  # nothing to look up or publish: the keys would not see those inputs
     try:
         cache.begin_request(input_ids, kwargs.get("attention_mask"), media)
+        if record_hit:
+            # Before generating: a streaming caller reports usage as soon as generate's streamer ends.
+            auto_mode.record(requested_ids, cache.num_cached_tokens)
         if cache.num_cached_tokens and vision.is_vision_model(self):
             kwargs = vision.inputs_after_hit(self, kwargs, media, cache.num_cached_tokens)
         if self._hf_hybrid_cache_path == GENERIC:

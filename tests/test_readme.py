@@ -22,3 +22,12 @@ def test_usage_example_runs_and_hits():
     assert lines[:2] == ["0", "192"]
     hit_tokens, bytes_used = int(lines[2]), int(lines[3])
     assert hit_tokens == 192 and 0 < bytes_used <= 256 << 20
+
+
+def test_pipeline_example_runs_and_hits():
+    block = next(block for block in python_blocks() if "pipeline(" in block)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block, "README.md", "exec"), {})
+    first, second = map(int, printed.getvalue().split())
+    assert first == 0 and second > 0

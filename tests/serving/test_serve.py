@@ -1,0 +1,139 @@
+"""`python -m hf_hybrid_cache.serve` against `transformers serve`, both started on free loopback ports with a
+tiny model directory saved by the test, and driven by the `openai` client: a chat's second turn is served
+its first turn from the store and reports it in `usage`, replies equal the plain server's, and bad requests
+get the plain server's errors. Both servers are stopped whatever happens."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+SYSTEM = "You are a terse assistant. Answer in one line. " * 12  # ~600 byte-level tokens
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], port: int, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    log = open(log_path, "w")
+    return subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+
+
+def wait_until_up(process: subprocess.Popen, port: int, log_path: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"server on port {port} did not come up:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """(model directory, client of the caching server, client of plain `transformers serve`)."""
+    model_dir = tmp_path_factory.mktemp("tiny-qwen3-next")
+    tiny_qwen3_next(seed=0).save_pretrained(model_dir)
+    tiny_byte_tokenizer().save_pretrained(model_dir)
+    ports = free_port(), free_port()
+    commands = (
+        [sys.executable, "-m", "hf_hybrid_cache.serve", str(model_dir), "--cache-block-size", "32"],
+        [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)],
+    )
+    logs = [model_dir.parent / f"server-{i}.log" for i in range(2)]
+    processes = []
+    try:
+        for command, port, log in zip(commands, ports, logs):
+            processes.append(start(command, port, log))
+        for process, port, log in zip(processes, ports, logs):
+            wait_until_up(process, port, log)
+        clients = [openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) for port in ports]
+        yield str(model_dir), *clients, ports[0]
+    finally:
+        for process in processes:
+            stop(process)
+
+
+def chat(client, model, messages, **kwargs):
+    return client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, **kwargs)
+
+
+def test_second_turn_is_served_from_the_store_with_the_same_reply(servers):
+    model, cached, plain, _ = servers
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is a block?"}]
+    for turn in range(2):
+        ours, theirs = chat(cached, model, messages), chat(plain, model, messages)
+        assert ours.choices[0].message.content == theirs.choices[0].message.content
+        assert ours.usage.prompt_tokens == theirs.usage.prompt_tokens > 600
+        cached_tokens = ours.usage.prompt_tokens_details.cached_tokens
+        if turn == 0:
+            first_prompt_tokens = ours.usage.prompt_tokens
+            assert cached_tokens == 0
+        else:
+            # The whole first turn, up to its last 32-token boundary, came from the store.
+            assert cached_tokens >= first_prompt_tokens // 32 * 32 > 0
+        messages += [{"role": "assistant", "content": ours.choices[0].message.content}, {"role": "user", "content": "And?"}]
+
+
+def test_streaming_reports_cached_tokens(servers):
+    model, cached, _, _ = servers
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Stream this."}]
+    chat(cached, model, messages)
+    chunks = list(chat(cached, model, messages, stream=True, stream_options={"include_usage": True}))
+    usage = [chunk.usage for chunk in chunks if chunk.usage is not None]
+    assert len(usage) == 1 and usage[0].prompt_tokens_details.cached_tokens > 0
+
+
+@pytest.mark.parametrize("request_kind", ["unknown-model", "empty-messages"])
+def test_bad_requests_get_the_plain_servers_errors(servers, request_kind):
+    model, cached, plain, _ = servers
+    errors = []
+    for client in (cached, plain):
+        with pytest.raises(openai.APIStatusError) as error:
+            if request_kind == "unknown-model":
+                chat(client, model + "-missing", [{"role": "user", "content": "hi"}])
+            else:
+                chat(client, model, [])
+        errors.append((type(error.value), error.value.status_code))
+    assert errors[0] == errors[1]
+
+
+def test_readme_client_snippet_runs(servers, capsys):
+    model, _, _, port = servers
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    snippet = next(block for block in blocks if "OpenAI(" in block)
+    snippet = snippet.replace("http://127.0.0.1:8000/v1", f"http://127.0.0.1:{port}/v1").replace("path/to/model", model)
+    exec(compile(snippet, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.split("\n")
+    first, second = (list(map(int, line.split())) for line in lines[:2])
+    assert first[1] == 0 and second[1] > 0 and second[1] <= second[0]
