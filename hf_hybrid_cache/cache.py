@@ -50,10 +50,11 @@ class HybridPrefixCache(Cache):
             raise TypeError(f"namespace must be a str or None, got {type(namespace).__name__}")
         self.store = store if store is not None else get_default_store()
         self.layout = model_layout(model)
-        self.store.bind(self.layout)
+        fingerprint = model_fingerprint(model)
+        self.store.bind(self.layout, fingerprint)
         self.model = model
         self.namespace = namespace
-        self._root = root_key(model_fingerprint(model), namespace)
+        self._root = root_key(fingerprint, namespace)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
         super().__init__(
             layers=[DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs) for kind, kwargs in zip(layer_types, layer_kwargs)]

@@ -78,6 +78,44 @@ class ModelLayout:
         """Every recurrent state of the model, in the order snapshots store them."""
         return tuple(state for layer in self.recurrent for state in layer.states)
 
+    def to_dict(self) -> dict:
+        """JSON-ready description (dtypes and devices as strings), read back by `from_dict`."""
+
+        def tensor(spec: TensorSpec) -> list:
+            return [list(spec.shape), str(spec.dtype).removeprefix("torch."), str(spec.device)]
+
+        layers = [
+            dict(
+                layer_idx=layer.layer_idx,
+                kv=[tensor(spec) for spec in layer.kv] if layer.kv else None,
+                states=[[state.kind, state.state_idx, tensor(state.tensor)] for state in layer.states],
+            )
+            for layer in self.layers
+        ]
+        return dict(model_type=self.model_type, num_layers=self.num_layers, layers=layers)
+
+    @classmethod
+    def from_dict(cls, data: dict, device: str | torch.device | None = None) -> "ModelLayout":
+        """The layout `to_dict` described; every tensor on `device` if given. Raises ValueError, KeyError or
+        TypeError on anything else."""
+
+        def tensor(item) -> TensorSpec:
+            shape, dtype_name, saved_device = item
+            dtype = getattr(torch, dtype_name, None)
+            if not isinstance(dtype, torch.dtype) or not all(isinstance(size, int) and size > 0 for size in shape):
+                raise ValueError(f"not a tensor description: {item!r}")
+            return TensorSpec(tuple(shape), dtype, torch.device(device if device is not None else saved_device))
+
+        layers = tuple(
+            LayerSpec(
+                layer_idx=int(layer["layer_idx"]),
+                kv=tuple(tensor(item) for item in layer["kv"]) if layer["kv"] is not None else None,
+                states=tuple(StateSpec(str(kind), int(state_idx), tensor(item)) for kind, state_idx, item in layer["states"]),
+            )
+            for layer in data["layers"]
+        )
+        return cls(model_type=str(data["model_type"]), num_layers=int(data["num_layers"]), layers=layers)
+
     def describe(self) -> str:
         """One line for error messages."""
         specs = [spec for layer in self.attention for spec in layer.kv] + [state.tensor for state in self.state_specs]

@@ -8,6 +8,7 @@ store's policy (`eviction.py`). Everything here runs under one lock; tensors are
 cache (see `cache.py`) through slot views that stay valid while their slot is owned.
 """
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Container
@@ -41,6 +42,18 @@ class Block:
     # The store's clock when the page / the snapshot last served a request (eviction's recency).
     page_used: int = 0
     snapshot_used: int = 0
+
+
+@dataclass(frozen=True)
+class HeldBlock:
+    """What `PrefixStore.hold_all` reports of a pinned block (its slots stay valid while pinned)."""
+
+    key: bytes
+    parent_key: bytes | None
+    page_id: int
+    snapshot_id: int | None
+    page_used: int
+    snapshot_used: int
 
 
 @dataclass
@@ -103,6 +116,7 @@ class PrefixStore:
         self.max_bytes = max_bytes
         self.eviction = eviction
         self.layout: ModelLayout | None = None
+        self.model_fingerprints: set[str] = set()  # hex fingerprints of the models bound so far (saved in files)
         self._lock = threading.RLock()
         self._pages: SlotPool | None = None
         self._snapshots: SlotPool | None = None
@@ -122,9 +136,11 @@ class PrefixStore:
 
     # -- binding -------------------------------------------------------------------------------------
 
-    def bind(self, layout: ModelLayout) -> None:
+    def bind(self, layout: ModelLayout, model_fingerprint: bytes | None = None) -> None:
         """Fix the store's layout on first use; refuse a model whose cache has another layout."""
         with self._lock:
+            if model_fingerprint is not None and self.layout in (None, layout):
+                self.model_fingerprints.add(model_fingerprint.hex())
             if self.layout is None:
                 # Per attention layer, its keys then its values: `[num_kv_heads, block_size, head_dim]` each.
                 page_specs = [
@@ -156,6 +172,16 @@ class PrefixStore:
     def needs_snapshots(self) -> bool:
         """Whether a hit must end on a block with a state snapshot (the model has recurrent layers)."""
         return bool(self.layout is not None and self.layout.state_specs)
+
+    @property
+    def page_specs(self) -> list[TensorSpec]:
+        """A K/V page's tensors: per attention layer, keys then values `[num_kv_heads, block_size, head_dim]`."""
+        return self._pages.specs if self._pages else []
+
+    @property
+    def snapshot_specs(self) -> list[TensorSpec]:
+        """A snapshot's tensors, in `layout.state_specs` order."""
+        return self._snapshots.specs if self._snapshots else []
 
     @property
     def page_bytes(self) -> int:
@@ -226,6 +252,10 @@ class PrefixStore:
         the caller copies them into its live state.
         """
         return self._snapshots.views(hit.snapshot_id)
+
+    def page_views(self, page_id: int) -> list[torch.Tensor]:
+        """A page slot's tensors (`page_specs`); stable while the slot is owned."""
+        return self._pages.views(page_id)
 
     # -- snapshots being written -------------------------------------------------------------------------
 
@@ -377,6 +407,89 @@ class PrefixStore:
         for block in reversed(chain):
             block.page_used = self._clock
             self._blocks.move_to_end(block.key)
+
+    # -- persistence (the file format lives in `persistence.py`) --------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every block (K/V pages, snapshots, keys, recency) to one safetensors file at `path`.
+
+        Atomic: the file is written beside `path` and renamed over it, so a crash leaves the previous file
+        or none. Other threads may keep serving meanwhile; requests in flight are not saved.
+        """
+        from .persistence import save_store
+
+        save_store(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, max_bytes: int | None = None, device: str | torch.device | None = None) -> "PrefixStore":
+        """A store with the blocks `save` wrote to `path`: the most recently used ones that fit `max_bytes`
+        (None: the saved budget). `device`: where every tensor goes instead of where it was saved (for example
+        "cpu" for a file saved on a GPU).
+
+        Raises FileNotFoundError, or ValueError naming the file when it is truncated, not a prefix store or
+        inconsistent with its own index. Entries whose checksum fails are dropped with a warning and never
+        served. A model other than the saved one gets no hits (block keys digest the model), or the layout
+        error of `bind` when its cache has another shape.
+        """
+        from .persistence import load_store
+
+        return load_store(cls, path, max_bytes, device)
+
+    def hold_all(self) -> tuple[Hit, list["HeldBlock"]]:
+        """Pin every block (release the returned `Hit` when done) and describe them least recently used first."""
+        with self._lock:
+            hit = Hit(list(self._blocks.values()))
+            for block in hit.blocks:
+                block.num_pins += 1
+            entries = [
+                HeldBlock(block.key, block.parent.key if block.parent else None, block.page_id, block.snapshot_id,
+                          block.page_used, block.snapshot_used)
+                for block in hit.blocks
+            ]
+            return hit, entries
+
+    def adopt_blocks(self, entries: list[tuple]) -> dict[bytes, tuple[list[torch.Tensor], list[torch.Tensor] | None]]:
+        """Add blocks read from a file to an empty bound store, without evicting: `entries` are (key,
+        parent_key, has_snapshot, page_used, snapshot_used), least recently used first, parents present
+        among them, their slots within the budget. Returns per key the page and snapshot slot views to fill."""
+        with self._lock:
+            if self._blocks or self._reserved:
+                raise ValueError("adopt_blocks fills an empty store")
+            views, adopted = {}, []
+            for key, parent_key, has_snapshot, page_used, snapshot_used in reversed(entries):
+                parent = self._blocks[parent_key] if parent_key is not None else None
+                block = Block(key=key, parent=parent, page_id=self._pages.allocate(), depth=parent.depth + 1 if parent else 1,
+                              page_used=page_used, snapshot_used=snapshot_used)
+                if has_snapshot:
+                    block.snapshot_id = self._snapshots.allocate()
+                if parent is not None:
+                    parent.num_children += 1
+                self._blocks[key] = block
+                adopted.append(block)
+                views[key] = (self._pages.views(block.page_id), self._snapshots.views(block.snapshot_id) if has_snapshot else None)
+            self._blocks = OrderedDict((block.key, block) for block in reversed(adopted))
+            self._clock = max((max(block.page_used, block.snapshot_used) for block in adopted), default=0)
+            return views
+
+    def drop_damaged(self, page_keys: set[bytes], snapshot_keys: set[bytes]) -> int:
+        """Drop the blocks of `page_keys` with every block below them, and the snapshots of `snapshot_keys`
+        (their pages stay). Returns the number of blocks dropped."""
+        with self._lock:
+            dropped = set()
+            for block in reversed(self._blocks.values()):  # most recent first: parents before their children
+                if block.key in page_keys or (block.parent is not None and block.parent.key in dropped):
+                    dropped.add(block.key)
+            for key in dropped | snapshot_keys:
+                block = self._blocks[key]
+                if block.snapshot_id is not None:
+                    self._snapshots.free(block.snapshot_id)
+                    block.snapshot_id = None
+            for key in dropped:
+                block = self._blocks.pop(key)
+                self._pages.free(block.page_id)
+                if block.parent is not None:
+                    block.parent.num_children -= 1
+            return len(dropped)
 
     # -- inspection ------------------------------------------------------------------------------------
 

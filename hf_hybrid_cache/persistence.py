@@ -1,0 +1,290 @@
+"""Saving a `PrefixStore` to one safetensors file and loading it back (`PrefixStore.save` / `PrefixStore.load`).
+
+The file is plain safetensors, written slot by slot (no copy of the whole store in memory): per page tensor
+`page.{j}` `[num_pages, *page_shape]`, per snapshot tensor `snapshot.{j}` `[num_snapshots, *state_shape]`,
+and in the header's metadata a JSON index (format version, block size, mode, layout, model fingerprints, and
+per block its key, parent, rows, CRC32 per saved slot and recency). Never pickle. Writes go to a temporary
+file renamed over the target, so a crash leaves the previous file or none.
+"""
+
+import json
+import os
+import uuid
+import warnings
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .eviction import EVICTION_POLICIES
+from .layout import ModelLayout
+from .modes import MAMBA_CACHE_MODES
+
+FORMAT = "hf_hybrid_cache.prefix_store"
+FORMAT_VERSION = 1
+KEY_HEX_LEN = 32  # 128-bit block keys (`hashing.DIGEST_SIZE`)
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+
+
+@dataclass(frozen=True)
+class SavedBlock:
+    """One block as the index records it: `page` / `snapshot` are rows of the page / snapshot tensors."""
+
+    key: bytes
+    parent: bytes | None
+    page: int
+    page_crc: int
+    snapshot: int | None
+    snapshot_crc: int | None
+    page_used: int
+    snapshot_used: int
+
+
+# -- saving --------------------------------------------------------------------------------------------------
+
+
+def save_store(store, path) -> None:
+    """Write `store` to `path` atomically; other threads keep serving meanwhile (every block is pinned while
+    its slots are read, so nothing saved is evicted or rewritten underneath)."""
+    path = Path(path)
+    held, entries = store.hold_all()
+    try:
+        index, tensors = _describe(store, entries)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as file:
+                _write_safetensors(file, tensors, {"format": FORMAT, "index": json.dumps(index)})
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        store.release(held)
+
+
+def _describe(store, entries):
+    """The JSON index and, per safetensors tensor, (name, dtype, shape, rows as lists of slot views)."""
+    pages = [store.page_views(entry.page_id) for entry in entries]
+    snapshots = [store.snapshot_views(entry.snapshot_id) for entry in entries if entry.snapshot_id is not None]
+    blocks, snapshot_row = [], 0
+    for entry, page in zip(entries, pages):
+        record = dict(
+            key=entry.key.hex(),
+            parent=entry.parent_key.hex() if entry.parent_key else None,
+            page=len(blocks),
+            page_crc=_checksum(page),
+            snapshot=None,
+            snapshot_crc=None,
+            page_used=entry.page_used,
+            snapshot_used=entry.snapshot_used,
+        )
+        if entry.snapshot_id is not None:
+            record.update(snapshot=snapshot_row, snapshot_crc=_checksum(snapshots[snapshot_row]))
+            snapshot_row += 1
+        blocks.append(record)
+    index = dict(
+        format_version=FORMAT_VERSION,
+        block_size=store.block_size,
+        mamba_cache_mode=store.mamba_cache_mode,
+        eviction=store.eviction,
+        max_bytes=store.max_bytes,
+        model_fingerprints=sorted(store.model_fingerprints),
+        layout=store.layout.to_dict() if store.layout else None,
+        blocks=blocks,
+    )
+    tensors = []
+    for kind, rows, specs in (("page", pages, store.page_specs), ("snapshot", snapshots, store.snapshot_specs)):
+        for j, spec in enumerate(specs):
+            tensors.append((f"{kind}.{j}", spec.dtype, (len(rows), *spec.shape), [row[j] for row in rows]))
+    return index, tensors
+
+
+def _write_safetensors(file, tensors, metadata: dict[str, str]) -> None:
+    """The safetensors layout: 8-byte little-endian header length, JSON header (padded to 8), raw data."""
+    header, offset = {"__metadata__": metadata}, 0
+    for name, dtype, shape, rows in tensors:
+        num_bytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        header[name] = dict(dtype=SAFETENSORS_DTYPES[dtype], shape=list(shape), data_offsets=[offset, offset + num_bytes])
+        offset += num_bytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    file.write(len(encoded).to_bytes(8, "little"))
+    file.write(encoded)
+    for _, _, _, rows in tensors:
+        for row in rows:
+            file.write(_as_bytes(row))
+
+
+def _as_bytes(tensor: torch.Tensor):
+    """The tensor's bytes as a host buffer (any dtype, bf16 included)."""
+    return tensor.detach().contiguous().cpu().view(torch.uint8).numpy()
+
+
+def _checksum(tensors: list[torch.Tensor], crc: int = 0) -> int:
+    for tensor in tensors:
+        crc = zlib.crc32(_as_bytes(tensor), crc)
+    return crc
+
+
+# -- loading -------------------------------------------------------------------------------------------------
+
+
+def load_store(store_class, path, max_bytes: int | None, device):
+    """Build a store from the file at `path` (see `PrefixStore.load`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No prefix store file at {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            metadata = file.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise ValueError(f"{path} is a safetensors file but not a prefix store saved by PrefixStore.save")
+            try:
+                config, layout, blocks = _read_index(json.loads(metadata["index"]), device)
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                raise ValueError(f"{path} has a damaged or inconsistent index, refused: {error!r}") from None
+            store = store_class(
+                block_size=config["block_size"],
+                mamba_cache_mode=config["mamba_cache_mode"],
+                max_bytes=config["max_bytes"] if max_bytes is None else max_bytes,
+                eviction=config["eviction"],
+            )
+            if layout is not None:
+                store.bind(layout)
+            try:
+                _check_tensors(file, store, blocks)
+            except ValueError as error:
+                raise ValueError(f"{path} does not match its own index, refused: {error}") from None
+            store.model_fingerprints.update(config["model_fingerprints"])
+            if layout is not None:
+                _load_blocks(file, store, blocks, path)
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or not one): {error}") from None
+    return store
+
+
+def _read_index(index: dict, device) -> tuple[dict, ModelLayout | None, list[SavedBlock]]:
+    """Validate the index; raise ValueError (or KeyError / TypeError) at the first thing that does not hold."""
+    if index.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"format_version {index.get('format_version')!r}, this version reads {FORMAT_VERSION}")
+    config = {name: index[name] for name in ("block_size", "mamba_cache_mode", "eviction", "max_bytes", "model_fingerprints")}
+    if config["mamba_cache_mode"] not in MAMBA_CACHE_MODES or config["eviction"] not in EVICTION_POLICIES:
+        raise ValueError(f"unknown mode or eviction policy: {config['mamba_cache_mode']!r}, {config['eviction']!r}")
+    for name in ("block_size", "max_bytes"):
+        if _row(config[name]) == 0:
+            raise ValueError(f"{name} is 0")
+    if not all(isinstance(fingerprint, str) for fingerprint in config["model_fingerprints"]):
+        raise TypeError("model_fingerprints must be strings")
+    layout = ModelLayout.from_dict(index["layout"], device) if index["layout"] is not None else None
+    blocks = [
+        SavedBlock(
+            key=_key(record["key"]),
+            parent=_key(record["parent"]) if record["parent"] is not None else None,
+            page=_row(record["page"]),
+            page_crc=_row(record["page_crc"]),
+            snapshot=_row(record["snapshot"]) if record["snapshot"] is not None else None,
+            snapshot_crc=_row(record["snapshot_crc"]) if record["snapshot"] is not None else None,
+            page_used=_row(record["page_used"]),
+            snapshot_used=_row(record["snapshot_used"]),
+        )
+        for record in index["blocks"]
+    ]
+    if blocks and layout is None:
+        raise ValueError("blocks without a layout")
+    # Blocks are listed least recently used first and a parent is always more recent than its children:
+    # checking that each parent comes later rules out cycles and dangling parents at once.
+    position = {block.key: i for i, block in enumerate(blocks)}
+    if len(position) != len(blocks):
+        raise ValueError("a block key is listed twice")
+    for i, block in enumerate(blocks):
+        if block.parent is not None and position.get(block.parent, -1) <= i:
+            raise ValueError(f"block {block.key.hex()[:8]} has a parent that is missing or listed before it")
+    for field in ("page", "snapshot"):
+        rows = [getattr(block, field) for block in blocks if getattr(block, field) is not None]
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"two blocks share a {field} row")
+    return config, layout, blocks
+
+
+def _key(text) -> bytes:
+    if not isinstance(text, str) or len(text) != KEY_HEX_LEN:
+        raise ValueError(f"{text!r} is not a block key")
+    return bytes.fromhex(text)
+
+
+def _row(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a row, checksum or clock")
+    return value
+
+
+def _check_tensors(file, store, blocks: list[SavedBlock]) -> None:
+    """Every tensor the layout needs is in the file with its shape and dtype, and every row the index names."""
+    names = set(file.keys())
+    for kind, specs in (("page", store.page_specs), ("snapshot", store.snapshot_specs)):
+        num_rows = 1 + max((getattr(block, kind) for block in blocks if getattr(block, kind) is not None), default=-1)
+        for j, spec in enumerate(specs):
+            name = f"{kind}.{j}"
+            if name not in names:
+                raise ValueError(f"tensor {name} is missing")
+            tensor = file.get_slice(name)
+            shape, dtype = tuple(tensor.get_shape()), tensor.get_dtype()
+            if shape[1:] != spec.shape or dtype != SAFETENSORS_DTYPES[spec.dtype] or shape[0] < num_rows:
+                raise ValueError(f"tensor {name} is {dtype}{list(shape)}, the layout needs {num_rows} rows of {spec.dtype}{list(spec.shape)}")
+
+
+def _load_blocks(file, store, blocks: list[SavedBlock], path: Path) -> None:
+    """Adopt the most recently used blocks that fit the budget, copy their slots tensor by tensor, and drop
+    (with a warning) every entry whose checksum does not match, with the blocks below a dropped page."""
+    kept = _select(store, blocks)
+    views = store.adopt_blocks(
+        [(block.key, block.parent, block.snapshot is not None, block.page_used, block.snapshot_used) for block in kept]
+    )
+    crcs = {block.key: [0, 0] for block in kept}
+    for kind, position in (("page", 0), ("snapshot", 1)):
+        for j in range(len(store.page_specs if kind == "page" else store.snapshot_specs)):
+            # One tensor at a time: a tenth of the file in memory at most for a model of ten layers.
+            tensor = file.get_tensor(f"{kind}.{j}")
+            for block in kept:
+                row = getattr(block, kind)
+                if row is None:
+                    continue
+                source = tensor[row]
+                crcs[block.key][position] = zlib.crc32(_as_bytes(source), crcs[block.key][position])
+                views[block.key][position][j].copy_(source)
+            del tensor
+    bad_pages = {block.key for block in kept if crcs[block.key][0] != block.page_crc}
+    bad_snapshots = {block.key for block in kept if block.snapshot is not None and crcs[block.key][1] != block.snapshot_crc}
+    if bad_pages or bad_snapshots:
+        dropped = store.drop_damaged(bad_pages, bad_snapshots)
+        warnings.warn(
+            f"{path}: {len(bad_pages)} pages and {len(bad_snapshots)} snapshots fail their checksum (the file is "
+            f"damaged); dropped them and the {dropped - len(bad_pages)} blocks below those pages. Nothing damaged is served.",
+            stacklevel=4,
+        )
+
+
+def _select(store, blocks: list[SavedBlock]) -> list[SavedBlock]:
+    """The most recently used blocks (and snapshots) that fit the store's budget, parents always kept with
+    their children; returned least recently used first, as saved."""
+    kept, kept_keys, num_bytes = [], set(), 0
+    for block in reversed(blocks):  # most recent first: parents come before their children
+        if (block.parent is not None and block.parent not in kept_keys) or num_bytes + store.page_bytes > store.max_bytes:
+            continue
+        num_bytes += store.page_bytes
+        if block.snapshot is not None:
+            if num_bytes + store.snapshot_bytes <= store.max_bytes:
+                num_bytes += store.snapshot_bytes
+            else:
+                block = replace(block, snapshot=None, snapshot_crc=None)
+        kept.append(block)
+        kept_keys.add(block.key)
+    return kept[::-1]
