@@ -22,10 +22,10 @@ class CheckedPrefixStore(hhc.PrefixStore):
         self.peak_bytes = 0
         self.num_checks = 0
 
-    def bind(self, layout):
+    def bind(self, layout, model_fingerprint=None):
         with self._lock:
             was_bound = self.layout is not None
-            super().bind(layout)
+            super().bind(layout, model_fingerprint)
             if not was_bound:
                 for pool in (self._pages, self._snapshots):
                     pool.allocate = self._checked_allocate(pool.allocate)
