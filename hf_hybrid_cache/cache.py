@@ -12,6 +12,7 @@ import warnings
 import torch
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, Cache, get_layer_types_and_kwargs
 
+from .display import html_table, store_rows
 from .fingerprint import model_fingerprint
 from .hashing import block_keys, root_key
 from .layout import model_layout
@@ -82,6 +83,14 @@ class HybridPrefixCache(Cache):
             f"HybridPrefixCache(seq_len={self.num_seen_tokens}, num_cached_tokens={self.num_cached_tokens}, "
             f"namespace={self.namespace!r}, store={self.store!r})"
         )
+
+    def _repr_html_(self) -> str:
+        rows = [
+            ("tokens held", self.num_seen_tokens),
+            ("prompt tokens served from the store", self.num_cached_tokens),
+            ("namespace", self.namespace),
+        ]
+        return html_table("HybridPrefixCache", rows + store_rows(self.store.stats()))
 
     # -- the model's side --------------------------------------------------------------------------------
 

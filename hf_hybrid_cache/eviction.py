@@ -1,5 +1,8 @@
 """Which entry the prefix store evicts next, per policy.
 
+Each tier of the store (`tiers.py`) picks its own victims; a victim of the device tier moves to the host
+tier when there is one, a victim of the last tier is dropped.
+
 - "lru": the least recently used unpinned leaf block, its page and snapshot together.
 - "cost": a block's snapshot and its page are separate entries (a block may keep its page after losing
   its snapshot). Each unpinned candidate gets a utility, recency plus the compute a hit on it saves per
@@ -21,7 +24,8 @@ EFFICIENCY_WEIGHT = 0.5
 
 @dataclass(frozen=True)
 class Victim:
-    """Evict `block`'s snapshot only (`snapshot_only`) or the whole leaf block (a `prefix_store.Block`)."""
+    """Evict `block`'s snapshot only (`snapshot_only`) or its page with the snapshot if the tier holds it
+    (a `prefix_store.Block`)."""
 
     block: object
     snapshot_only: bool = False
@@ -36,32 +40,47 @@ class _Candidate:
     utility: float = field(default=0.0)
 
 
-def lru_victim(blocks_least_recent_first) -> Victim | None:
-    """The least recently used unpinned leaf. Blocks are touched deepest first, so an unpinned inner block
-    is always more recent than its unpinned descendants: leaf-first is also least-recently-used order."""
+def lru_victim(blocks_least_recent_first, holds, may_go) -> Victim | None:
+    """The least recently used unpinned entry of the tier: a block whose page may go (with its snapshot),
+    or a snapshot whose page lives elsewhere. Blocks are touched deepest first, so an unpinned inner block is
+    always more recent than its unpinned descendants: leaf-first is also least-recently-used order.
+
+    `holds(block)` -> (page in this tier, snapshot in this tier); `may_go(block)`: whether its page may
+    leave the tier (no child below it depends on the tier keeping it).
+    """
     for block in blocks_least_recent_first:
-        if not block.num_pins and block.num_children == 0:
+        if block.num_pins:
+            continue
+        page_here, snapshot_here = holds(block)
+        if page_here and may_go(block):
             return Victim(block)
+        if snapshot_here and not page_here:
+            return Victim(block, snapshot_only=True)
     return None
 
 
-def cost_victim(blocks, block_size: int, page_bytes: int, snapshot_bytes: int, needs_snapshots: bool) -> Victim | None:
-    """The unpinned snapshot or leaf block of lowest utility (see the module docstring)."""
+def cost_victim(
+    blocks, holds, may_go, block_size: int, page_bytes: int, snapshot_bytes: int, needs_snapshots: bool
+) -> Victim | None:
+    """The unpinned snapshot or page of the tier of lowest utility (see the module docstring); `holds` and
+    `may_go` as for `lru_victim`."""
     candidates = []
     for block in blocks:
         if block.num_pins:
             continue
+        page_here, snapshot_here = holds(block)
         saved_tokens = block.depth * block_size
-        if block.snapshot_id is not None:
+        if snapshot_here:
             candidates.append(
                 _Candidate(Victim(block, snapshot_only=True), block.snapshot_used, saved_tokens / snapshot_bytes,
                            superseded=block.num_children == 1)
             )
-        if block.num_children == 0:
+        if page_here and may_go(block):
             useful = block.snapshot_id is not None or not needs_snapshots
-            num_bytes = page_bytes + (snapshot_bytes if block.snapshot_id is not None else 0)
+            num_bytes = page_bytes + (snapshot_bytes if snapshot_here else 0)
             candidates.append(
-                _Candidate(Victim(block), block.page_used, saved_tokens / num_bytes if useful else 0.0, superseded=not useful)
+                _Candidate(Victim(block), block.page_used, saved_tokens / num_bytes if useful else 0.0,
+                           superseded=not useful and block.num_children == 0)
             )
     if not candidates:
         return None

@@ -72,8 +72,10 @@ def save_store(store, path) -> None:
 
 def _describe(store, entries):
     """The JSON index and, per safetensors tensor, (name, dtype, shape, rows as lists of slot views)."""
-    pages = [store.page_views(entry.page_id) for entry in entries]
-    snapshots = [store.snapshot_views(entry.snapshot_id) for entry in entries if entry.snapshot_id is not None]
+    pages = [store.page_views(entry.page_id, entry.page_tier) for entry in entries]
+    snapshots = [
+        store.snapshot_views(entry.snapshot_id, entry.snapshot_tier) for entry in entries if entry.snapshot_id is not None
+    ]
     blocks, snapshot_row = [], 0
     for entry, page in zip(entries, pages):
         record = dict(
@@ -96,6 +98,7 @@ def _describe(store, entries):
         mamba_cache_mode=store.mamba_cache_mode,
         eviction=store.eviction,
         max_bytes=store.max_bytes,
+        host_bytes=store.host_bytes,
         model_fingerprints=sorted(store.model_fingerprints),
         layout=store.layout.to_dict() if store.layout else None,
         blocks=blocks,
@@ -137,7 +140,7 @@ def _checksum(tensors: list[torch.Tensor], crc: int = 0) -> int:
 # -- loading -------------------------------------------------------------------------------------------------
 
 
-def load_store(store_class, path, max_bytes: int | None, device):
+def load_store(store_class, path, max_bytes: int | None, host_bytes: int | None, device):
     """Build a store from the file at `path` (see `PrefixStore.load`)."""
     path = Path(path)
     if not path.is_file():
@@ -156,6 +159,7 @@ def load_store(store_class, path, max_bytes: int | None, device):
                 mamba_cache_mode=config["mamba_cache_mode"],
                 max_bytes=config["max_bytes"] if max_bytes is None else max_bytes,
                 eviction=config["eviction"],
+                host_bytes=config["host_bytes"] if host_bytes is None else host_bytes,
             )
             if layout is not None:
                 store.bind(layout)
@@ -175,12 +179,16 @@ def _read_index(index: dict, device) -> tuple[dict, ModelLayout | None, list[Sav
     """Validate the index; raise ValueError (or KeyError / TypeError) at the first thing that does not hold."""
     if index.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"format_version {index.get('format_version')!r}, this version reads {FORMAT_VERSION}")
-    config = {name: index[name] for name in ("block_size", "mamba_cache_mode", "eviction", "max_bytes", "model_fingerprints")}
+    config = {
+        name: index[name]
+        for name in ("block_size", "mamba_cache_mode", "eviction", "max_bytes", "host_bytes", "model_fingerprints")
+    }
     if config["mamba_cache_mode"] not in MAMBA_CACHE_MODES or config["eviction"] not in EVICTION_POLICIES:
         raise ValueError(f"unknown mode or eviction policy: {config['mamba_cache_mode']!r}, {config['eviction']!r}")
     for name in ("block_size", "max_bytes"):
         if _row(config[name]) == 0:
             raise ValueError(f"{name} is 0")
+    _row(config["host_bytes"])
     if not all(isinstance(fingerprint, str) for fingerprint in config["model_fingerprints"]):
         raise TypeError("model_fingerprints must be strings")
     layout = ModelLayout.from_dict(index["layout"], device) if index["layout"] is not None else None

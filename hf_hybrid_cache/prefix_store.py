@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .display import html_table, store_rows
 from .eviction import EVICTION_POLICIES, Victim, cost_victim, lru_victim
 from .layout import ModelLayout, TensorSpec
 from .modes import MAMBA_CACHE_MODES
-from .slot_pool import SlotPool
+from .tiers import DEVICE, HOST, TIER_NAMES, StoreTier
 
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_MAX_BYTES = 1 << 30
@@ -36,6 +37,9 @@ class Block:
     page_id: int
     depth: int  # blocks from the root, this one included
     snapshot_id: int | None = None
+    # Which tier (`tiers.py`) holds the page / the snapshot.
+    page_tier: int = DEVICE
+    snapshot_tier: int = DEVICE
     num_children: int = 0
     # Live caches (and a publish in progress) holding this block; a pinned block is never evicted.
     num_pins: int = 0
@@ -51,7 +55,9 @@ class HeldBlock:
     key: bytes
     parent_key: bytes | None
     page_id: int
+    page_tier: int
     snapshot_id: int | None
+    snapshot_tier: int
     page_used: int
     snapshot_used: int
 
@@ -91,6 +97,9 @@ class PrefixStore:
         max_bytes: bound on pages and snapshots together, those requests are writing included.
         eviction: "cost" (snapshots and pages evicted separately, by recency and compute saved per byte)
             or "lru" (least recently used leaf block, page and snapshot together).
+        host_bytes: budget of a host-memory tier (0: none). Entries evicted from the device tier move there
+            (pinned memory under a CUDA model) instead of being dropped, and move back when a request hits
+            them; the host tier evicts by the same policy and drops what it evicts.
 
     The first cache bound to a store fixes its model layout (shapes, dtype, devices); a model with
     another layout needs its own store. Entries of different models or namespaces never hit each other.
@@ -102,6 +111,7 @@ class PrefixStore:
         mamba_cache_mode: str = "branch",
         max_bytes: int = DEFAULT_MAX_BYTES,
         eviction: str = DEFAULT_EVICTION,
+        host_bytes: int = 0,
     ):
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be an int >= 1 (for example 64 or 560), got {block_size!r}")
@@ -111,6 +121,8 @@ class PrefixStore:
             raise ValueError(f"max_bytes must be a positive int (for example 256 << 20), got {max_bytes!r}")
         if eviction not in EVICTION_POLICIES:
             raise ValueError(f"eviction must be one of {EVICTION_POLICIES}, got {eviction!r}")
+        if isinstance(host_bytes, bool) or not isinstance(host_bytes, int) or host_bytes < 0:
+            raise ValueError(f"host_bytes must be an int >= 0 (0: no host tier; for example 4 << 30), got {host_bytes!r}")
         self.block_size = block_size
         self.mamba_cache_mode = mamba_cache_mode
         self.max_bytes = max_bytes
@@ -118,8 +130,8 @@ class PrefixStore:
         self.layout: ModelLayout | None = None
         self.model_fingerprints: set[str] = set()  # hex fingerprints of the models bound so far (saved in files)
         self._lock = threading.RLock()
-        self._pages: SlotPool | None = None
-        self._snapshots: SlotPool | None = None
+        self.host_bytes = host_bytes
+        self._tiers: list[StoreTier] = []  # device, then host if host_bytes; made by `bind`
         # Least recently used first; a chain is touched deepest first (see `_touch`).
         self._blocks: OrderedDict[bytes, Block] = OrderedDict()
         self._reserved: set[int] = set()  # snapshot slots requests are writing, not yet any block's
@@ -133,6 +145,9 @@ class PrefixStore:
             f"eviction={self.eviction!r}, blocks={stats['blocks']}, snapshots={stats['snapshots']}, "
             f"bytes_used={stats['bytes_used']:,}/{self.max_bytes:,}, hit_rate={stats['hit_rate']:.2f})"
         )
+
+    def _repr_html_(self) -> str:
+        return html_table("PrefixStore", store_rows(self.stats()))
 
     # -- binding -------------------------------------------------------------------------------------
 
@@ -158,8 +173,9 @@ class PrefixStore:
                         f"{page_bytes:,} bytes and one state snapshot {snapshot_bytes:,} bytes at "
                         f"block_size={self.block_size}. Use max_bytes >= {needed:,} (many times that to be useful)."
                     )
-                self._pages = SlotPool(page_specs, max_slots=self.max_bytes // max(page_bytes, 1))
-                self._snapshots = SlotPool(snapshot_specs, max_slots=self.max_bytes // max(snapshot_bytes, 1))
+                self._tiers = [StoreTier("device", page_specs, snapshot_specs, self.max_bytes)]
+                if self.host_bytes:
+                    self._tiers.append(StoreTier("host", page_specs, snapshot_specs, self.host_bytes))
                 self.layout = layout
             elif layout != self.layout:
                 raise ValueError(
@@ -176,26 +192,29 @@ class PrefixStore:
     @property
     def page_specs(self) -> list[TensorSpec]:
         """A K/V page's tensors: per attention layer, keys then values `[num_kv_heads, block_size, head_dim]`."""
-        return self._pages.specs if self._pages else []
+        return self._device.pages.specs if self._tiers else []
 
     @property
     def snapshot_specs(self) -> list[TensorSpec]:
         """A snapshot's tensors, in `layout.state_specs` order."""
-        return self._snapshots.specs if self._snapshots else []
+        return self._device.snapshots.specs if self._tiers else []
 
     @property
     def page_bytes(self) -> int:
-        return self._pages.slot_bytes if self._pages else 0
+        return self._device.pages.slot_bytes if self._tiers else 0
 
     @property
     def snapshot_bytes(self) -> int:
-        return self._snapshots.slot_bytes if self._snapshots else 0
+        return self._device.snapshots.slot_bytes if self._tiers else 0
 
     @property
     def bytes_used(self) -> int:
-        if self._pages is None:
-            return 0
-        return self._pages.num_used * self.page_bytes + self._snapshots.num_used * self.snapshot_bytes
+        """Bytes held in the device tier (within `max_bytes`); see `stats()["tiers"]` for each tier."""
+        return self._device.bytes_used if self._tiers else 0
+
+    @property
+    def _device(self) -> StoreTier:
+        return self._tiers[DEVICE]
 
     # -- lookup ----------------------------------------------------------------------------------------
 
@@ -222,6 +241,7 @@ class PrefixStore:
             hit = Hit(chain[:best], num_matched=len(chain))
             for block in hit.blocks:
                 block.num_pins += 1
+            self._promote(hit)
             self._touch(hit.blocks)
             if hit.blocks:
                 hit.blocks[-1].snapshot_used = self._clock
@@ -240,9 +260,12 @@ class PrefixStore:
 
         Safe without the lock: pinned pages are never freed nor rewritten, and slot views never move.
         """
-        per_block = [self._pages.views(page_id) for page_id in hit.page_ids]
-        # Per cache tensor, the blocks' `[H, block_size, D]` pages side by side along the sequence.
-        gathered = [torch.cat(pages, dim=1) for pages in zip(*per_block)]
+        per_block = [self._tiers[block.page_tier].pages.views(block.page_id) for block in hit.blocks]
+        # Per cache tensor, the blocks' `[H, block_size, D]` pages side by side along the sequence (a page
+        # the host tier could not give back to the device is copied over here).
+        gathered = [
+            torch.cat([page.to(spec.device) for page in pages], dim=1) for spec, pages in zip(self.page_specs, zip(*per_block))
+        ]
         return list(zip(gathered[0::2], gathered[1::2]))
 
     def read_snapshot(self, hit: Hit) -> list[torch.Tensor]:
@@ -251,11 +274,12 @@ class PrefixStore:
         Views into the pool, valid while `hit` is pinned (pinned slots are never freed nor rewritten);
         the caller copies them into its live state.
         """
-        return self._snapshots.views(hit.snapshot_id)
+        last = hit.blocks[-1]
+        return self._tiers[last.snapshot_tier].snapshots.views(last.snapshot_id)
 
-    def page_views(self, page_id: int) -> list[torch.Tensor]:
-        """A page slot's tensors (`page_specs`); stable while the slot is owned."""
-        return self._pages.views(page_id)
+    def page_views(self, page_id: int, tier: int = DEVICE) -> list[torch.Tensor]:
+        """A page slot's tensors (`page_specs`, on the tier's memory); stable while the slot is owned."""
+        return self._tiers[tier].pages.views(page_id)
 
     # -- snapshots being written -------------------------------------------------------------------------
 
@@ -272,7 +296,7 @@ class PrefixStore:
         with self._lock:
             if not self._make_room(self.snapshot_bytes + num_new_pages * self.page_bytes):
                 return None
-            slot_id = self._snapshots.allocate()
+            slot_id = self._device.snapshots.allocate()
             if slot_id is not None:
                 self._reserved.add(slot_id)
             return slot_id
@@ -282,16 +306,16 @@ class PrefixStore:
         with self._lock:
             return self.bytes_used + num_snapshots * self.snapshot_bytes + num_pages * self.page_bytes <= self.max_bytes
 
-    def snapshot_views(self, slot_id: int) -> list[torch.Tensor]:
+    def snapshot_views(self, slot_id: int, tier: int = DEVICE) -> list[torch.Tensor]:
         """The slot's tensors in `layout.state_specs` order; stable while the slot is reserved or owned."""
-        return self._snapshots.views(slot_id)
+        return self._tiers[tier].snapshots.views(slot_id)
 
     def release_snapshots(self, slot_ids) -> None:
         """Give back reserved snapshot slots that will not be published (a failed or partial request)."""
         with self._lock:
             for slot_id in slot_ids:
                 self._reserved.remove(slot_id)
-                self._snapshots.free(slot_id)
+                self._device.snapshots.free(slot_id)
 
     # -- publish ---------------------------------------------------------------------------------------
 
@@ -333,7 +357,7 @@ class PrefixStore:
                     slot_id = pending.pop(block_idx, None)
                     if slot_id is not None and block.snapshot_id is None:
                         self._reserved.remove(slot_id)
-                        block.snapshot_id = slot_id
+                        block.snapshot_id, block.snapshot_tier = slot_id, DEVICE
                         given.append(block)
                     elif slot_id is not None:
                         pending[block_idx] = slot_id  # freed below: the block already has a snapshot
@@ -351,13 +375,13 @@ class PrefixStore:
         evicted. A failed write frees the page, so no half-written block ever exists."""
         if not self._make_room(self.page_bytes):
             return None
-        page_id = self._pages.allocate()
+        page_id = self._device.pages.allocate()
         if page_id is None:
             return None
         try:
-            write_page(block_idx, self._pages.views(page_id))
+            write_page(block_idx, self._device.pages.views(page_id))
         except BaseException:
-            self._pages.free(page_id)
+            self._device.pages.free(page_id)
             raise
         block = Block(key=key, parent=parent, page_id=page_id, depth=parent.depth + 1 if parent else 1)
         if parent is not None:
@@ -367,35 +391,96 @@ class PrefixStore:
 
     # -- eviction --------------------------------------------------------------------------------------
 
-    def _make_room(self, num_bytes: int) -> bool:
-        while self.bytes_used + num_bytes > self.max_bytes:
-            if not self._evict_one():
+    def _make_room(self, num_bytes: int, tier: int = DEVICE) -> bool:
+        """Evict from `tier` until `num_bytes` more fit its budget; False when nothing more can go."""
+        while self._tiers[tier].bytes_used + num_bytes > self._tiers[tier].max_bytes:
+            if not self._evict_one(tier):
                 return False
         return True
 
-    def _evict_one(self) -> bool:
-        """Evict one entry chosen by the policy; False when everything is pinned or reserved."""
-        if self.eviction == "lru":
-            victim = lru_victim(self._blocks.values())
-        else:
-            victim = cost_victim(
-                self._blocks.values(), self.block_size, self.page_bytes, self.snapshot_bytes, self.needs_snapshots
-            )
+    def _evict_one(self, tier: int) -> bool:
+        """Move the policy's victim one tier down, or drop it from the last tier (or when the tier below has
+        no room); False when everything in `tier` is pinned or reserved."""
+        if tier + 1 < len(self._tiers):
+            victim = self._victim(tier, pages_may_go=self._no_child_in(tier))
+            if victim is not None and self._demote(victim, tier):
+                return True
+        victim = self._victim(tier, pages_may_go=lambda block: block.num_children == 0)
         if victim is None:
             return False
         self._evict(victim)
         return True
 
+    def _victim(self, tier: int, pages_may_go) -> Victim | None:
+        def holds(block):
+            return block.page_tier == tier, block.snapshot_id is not None and block.snapshot_tier == tier
+
+        if self.eviction == "lru":
+            return lru_victim(self._blocks.values(), holds, pages_may_go)
+        return cost_victim(
+            self._blocks.values(), holds, pages_may_go, self.block_size, self.page_bytes, self.snapshot_bytes,
+            self.needs_snapshots,
+        )
+
+    def _no_child_in(self, tier: int):
+        """Whether a block has no child whose page is in `tier` (a chain leaves a tier from its tail)."""
+        parents = {block.parent.key for block in self._blocks.values() if block.parent is not None and block.page_tier == tier}
+        return lambda block: block.key not in parents
+
+    def _demote(self, victim: Victim, tier: int) -> bool:
+        """Move the victim's entries in `tier` to the tier below, evicting there to make room."""
+        block = victim.block
+        kinds = [kind for kind, here in zip(("page", "snapshot"), (
+            not victim.snapshot_only and block.page_tier == tier,
+            block.snapshot_id is not None and block.snapshot_tier == tier,
+        )) if here]
+        num_bytes = sum(self._tiers[tier].pool(kind).slot_bytes for kind in kinds)
+        block.num_pins += 1  # the tier below must not evict the block being moved into it
+        try:
+            if not self._make_room(num_bytes, tier + 1):
+                return False
+            for kind in kinds:
+                self._move(block, kind, tier + 1)
+        finally:
+            block.num_pins -= 1
+        self._tiers[tier].demotions += len(kinds)
+        return True
+
+    def _promote(self, hit: Hit) -> None:
+        """Bring the pages and final snapshot of a hit back to the device tier when they are elsewhere and
+        room can be made; what stays below is read from there (`read_pages`). Only blocks no other request
+        holds move: another holder may be reading the slot (reads run without the lock)."""
+        entries = [(block, "page") for block in hit.blocks if block.page_tier != DEVICE]
+        if hit.blocks and hit.blocks[-1].snapshot_id is not None and hit.blocks[-1].snapshot_tier != DEVICE:
+            entries.append((hit.blocks[-1], "snapshot"))
+        for block, kind in entries:
+            if block.num_pins == 1 and self._make_room(self._device.pool(kind).slot_bytes, DEVICE):
+                self._move(block, kind, DEVICE)
+                self._device.promotions += 1
+
+    def _move(self, block: Block, kind: str, tier: int) -> None:
+        """Copy `block`'s page or snapshot into a slot of `tier` (room already made) and free the old slot."""
+        source_tier = getattr(block, f"{kind}_tier")
+        source_pool, target_pool = self._tiers[source_tier].pool(kind), self._tiers[tier].pool(kind)
+        source_id = getattr(block, f"{kind}_id")
+        target_id = target_pool.allocate()
+        for target, source in zip(target_pool.views(target_id), source_pool.views(source_id)):
+            target.copy_(source)
+        source_pool.free(source_id)
+        setattr(block, f"{kind}_id", target_id)
+        setattr(block, f"{kind}_tier", tier)
+
     def _evict(self, victim: Victim) -> None:
+        """Drop the victim's snapshot, and unless `snapshot_only` the whole (leaf) block, wherever they live."""
         block = victim.block
         if block.snapshot_id is not None:
-            self._snapshots.free(block.snapshot_id)
+            self._tiers[block.snapshot_tier].snapshots.free(block.snapshot_id)
             block.snapshot_id = None
         if victim.snapshot_only:
             self._counters["snapshot_evictions"] += 1
             return
         del self._blocks[block.key]
-        self._pages.free(block.page_id)
+        self._tiers[block.page_tier].pages.free(block.page_id)
         if block.parent is not None:
             block.parent.num_children -= 1
         self._counters["evictions"] += 1
@@ -421,10 +506,17 @@ class PrefixStore:
         save_store(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, max_bytes: int | None = None, device: str | torch.device | None = None) -> "PrefixStore":
+    def load(
+        cls,
+        path: str | os.PathLike,
+        max_bytes: int | None = None,
+        host_bytes: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> "PrefixStore":
         """A store with the blocks `save` wrote to `path`: the most recently used ones that fit `max_bytes`
-        (None: the saved budget). `device`: where every tensor goes instead of where it was saved (for example
-        "cpu" for a file saved on a GPU).
+        (None: the saved budget), all in the device tier; `host_bytes` (None: as saved) sizes the new store's
+        host tier. `device`: where every tensor goes instead of where it was saved (for example "cpu" for a
+        file saved on a GPU).
 
         Raises FileNotFoundError, or ValueError naming the file when it is truncated, not a prefix store or
         inconsistent with its own index. Entries whose checksum fails are dropped with a warning and never
@@ -433,7 +525,7 @@ class PrefixStore:
         """
         from .persistence import load_store
 
-        return load_store(cls, path, max_bytes, device)
+        return load_store(cls, path, max_bytes=max_bytes, host_bytes=host_bytes, device=device)
 
     def hold_all(self) -> tuple[Hit, list["HeldBlock"]]:
         """Pin every block (release the returned `Hit` when done) and describe them least recently used first."""
@@ -442,8 +534,8 @@ class PrefixStore:
             for block in hit.blocks:
                 block.num_pins += 1
             entries = [
-                HeldBlock(block.key, block.parent.key if block.parent else None, block.page_id, block.snapshot_id,
-                          block.page_used, block.snapshot_used)
+                HeldBlock(block.key, block.parent.key if block.parent else None, block.page_id, block.page_tier,
+                          block.snapshot_id, block.snapshot_tier, block.page_used, block.snapshot_used)
                 for block in hit.blocks
             ]
             return hit, entries
@@ -458,15 +550,15 @@ class PrefixStore:
             views, adopted = {}, []
             for key, parent_key, has_snapshot, page_used, snapshot_used in reversed(entries):
                 parent = self._blocks[parent_key] if parent_key is not None else None
-                block = Block(key=key, parent=parent, page_id=self._pages.allocate(), depth=parent.depth + 1 if parent else 1,
+                block = Block(key=key, parent=parent, page_id=self._device.pages.allocate(), depth=parent.depth + 1 if parent else 1,
                               page_used=page_used, snapshot_used=snapshot_used)
                 if has_snapshot:
-                    block.snapshot_id = self._snapshots.allocate()
+                    block.snapshot_id = self._device.snapshots.allocate()
                 if parent is not None:
                     parent.num_children += 1
                 self._blocks[key] = block
                 adopted.append(block)
-                views[key] = (self._pages.views(block.page_id), self._snapshots.views(block.snapshot_id) if has_snapshot else None)
+                views[key] = (self.page_views(block.page_id), self.snapshot_views(block.snapshot_id) if has_snapshot else None)
             self._blocks = OrderedDict((block.key, block) for block in reversed(adopted))
             self._clock = max((max(block.page_used, block.snapshot_used) for block in adopted), default=0)
             return views
@@ -479,16 +571,11 @@ class PrefixStore:
             for block in reversed(self._blocks.values()):  # most recent first: parents before their children
                 if block.key in page_keys or (block.parent is not None and block.parent.key in dropped):
                     dropped.add(block.key)
-            for key in dropped | snapshot_keys:
-                block = self._blocks[key]
-                if block.snapshot_id is not None:
-                    self._snapshots.free(block.snapshot_id)
-                    block.snapshot_id = None
-            for key in dropped:
-                block = self._blocks.pop(key)
-                self._pages.free(block.page_id)
-                if block.parent is not None:
-                    block.parent.num_children -= 1
+            for key in snapshot_keys - dropped:
+                self._evict(Victim(self._blocks[key], snapshot_only=True))
+            for block in list(self._blocks.values()):  # least recent first: children before their parents
+                if block.key in dropped:
+                    self._evict(Victim(block))
             return len(dropped)
 
     # -- inspection ------------------------------------------------------------------------------------
@@ -496,7 +583,9 @@ class PrefixStore:
     def stats(self) -> dict:
         """Counters and sizes: queries, query_tokens, hit_tokens, hit_rate, blocks, snapshots,
         reserved_snapshots, pinned_blocks, bytes_used, max_bytes, page_bytes, snapshot_bytes, evictions
-        (blocks), snapshot_evictions (snapshots dropped, pages kept), block_size, mode, eviction."""
+        (blocks dropped), snapshot_evictions (snapshots dropped, pages kept), block_size, mode, eviction,
+        and `tiers`: per tier ("device", "host" when `host_bytes`), its bytes_used, max_bytes, blocks (pages
+        held there), snapshots, promotions (entries moved in on a hit) and demotions (entries moved down)."""
         with self._lock:
             query_tokens = self._counters["query_tokens"]
             return dict(
@@ -513,7 +602,19 @@ class PrefixStore:
                 block_size=self.block_size,
                 mamba_cache_mode=self.mamba_cache_mode,
                 eviction=self.eviction,
+                tiers={tier.name: self._tier_stats(tier_idx, tier) for tier_idx, tier in enumerate(self._tiers)},
             )
+
+    def _tier_stats(self, tier_idx: int, tier: StoreTier) -> dict:
+        blocks = self._blocks.values()
+        return dict(
+            bytes_used=tier.bytes_used,
+            max_bytes=tier.max_bytes,
+            blocks=sum(1 for block in blocks if block.page_tier == tier_idx),
+            snapshots=sum(1 for block in blocks if block.snapshot_id is not None and block.snapshot_tier == tier_idx),
+            promotions=tier.promotions,
+            demotions=tier.demotions,
+        )
 
     def lru_keys(self) -> list[bytes]:
         """Block keys, least recently used first (for tests and inspection)."""
@@ -526,8 +627,9 @@ class PrefixStore:
         snapshots, reserved by a request). For tests; O(blocks)."""
         with self._lock:
             problems = []
-            if self.bytes_used > self.max_bytes:
-                problems.append(f"bytes_used {self.bytes_used} > max_bytes {self.max_bytes}")
+            for tier in self._tiers:
+                if tier.bytes_used > tier.max_bytes:
+                    problems.append(f"{tier.name} tier holds {tier.bytes_used} bytes > its budget {tier.max_bytes}")
             rank = {key: i for i, key in enumerate(self._blocks)}
             num_children = dict.fromkeys(self._blocks, 0)
             for key, block in self._blocks.items():
@@ -548,17 +650,27 @@ class PrefixStore:
             for key, block in self._blocks.items():
                 if block.num_children != num_children[key]:
                     problems.append(f"block {key.hex()[:8]} counts {block.num_children} children, has {num_children[key]}")
-            page_ids = [block.page_id for block in self._blocks.values()]
-            snapshot_ids = [block.snapshot_id for block in self._blocks.values() if block.snapshot_id is not None]
-            if set(snapshot_ids) & self._reserved:
-                problems.append(f"snapshot slots both owned and reserved: {sorted(set(snapshot_ids) & self._reserved)}")
-            snapshot_ids += list(self._reserved)
-            for name, pool, ids in (("page", self._pages, page_ids), ("snapshot", self._snapshots, snapshot_ids)):
-                num_used = pool.num_used if pool else 0
-                if len(set(ids)) != len(ids) or num_used != len(ids):
-                    problems.append(f"{num_used} {name} slots in use, {len(set(ids))} distinct held by {len(ids)} owners")
-                if pool and any(pool.is_free(slot_id) for slot_id in ids):
-                    problems.append(f"{name} slots both held and free")
+            for tier_idx, tier in enumerate(self._tiers):
+                page_ids = [block.page_id for block in self._blocks.values() if block.page_tier == tier_idx]
+                snapshot_ids = [
+                    block.snapshot_id for block in self._blocks.values()
+                    if block.snapshot_id is not None and block.snapshot_tier == tier_idx
+                ]
+                if tier_idx == DEVICE:  # requests reserve snapshot slots on the device only
+                    if set(snapshot_ids) & self._reserved:
+                        problems.append(f"snapshot slots both owned and reserved: {sorted(set(snapshot_ids) & self._reserved)}")
+                    snapshot_ids += list(self._reserved)
+                for name, ids in (("page", page_ids), ("snapshot", snapshot_ids)):
+                    pool = tier.pool(name)
+                    if len(set(ids)) != len(ids) or pool.num_used != len(ids):
+                        problems.append(
+                            f"{tier.name} tier: {pool.num_used} {name} slots in use, {len(set(ids))} distinct held by {len(ids)} owners"
+                        )
+                    if any(pool.is_free(slot_id) for slot_id in ids):
+                        problems.append(f"{tier.name} tier: {name} slots both held and free")
+            tiers = {block.page_tier for block in self._blocks.values()} | {block.snapshot_tier for block in self._blocks.values()}
+            if not tiers <= set(range(len(self._tiers))):
+                problems.append(f"blocks in tiers {sorted(tiers)}, the store has {len(self._tiers)}")
             if problems:
                 raise RuntimeError("PrefixStore invariants broken: " + "; ".join(problems))
 
@@ -566,7 +678,7 @@ class PrefixStore:
         """Drop every unpinned block (pinned ones stay until their caches finish); counters stay."""
         with self._lock:
             counters = dict(self._counters)
-            while (victim := lru_victim(self._blocks.values())) is not None:
+            while (victim := lru_victim(self._blocks.values(), lambda block: (True, False), lambda block: block.num_children == 0)) is not None:
                 self._evict(victim)
             self._counters = counters
 

@@ -23,9 +23,10 @@ class SlotPool:
     allocation is never lazy.
     """
 
-    def __init__(self, specs: list[TensorSpec], max_slots: int):
+    def __init__(self, specs: list[TensorSpec], max_slots: int, pin_memory: bool = False):
         self.specs = specs
         self.max_slots = max_slots
+        self.pin_memory = pin_memory  # page-locked host memory (a host tier under a CUDA model)
         self.slot_bytes = sum(spec.num_bytes for spec in specs)
         self._chunks: list[list[torch.Tensor]] = []  # per chunk: one tensor per spec
         self._chunk_starts: list[int] = []  # first slot id of each chunk
@@ -58,7 +59,10 @@ class SlotPool:
         num_new = min(max(self.capacity, INITIAL_CAPACITY), self.max_slots - self.capacity)
         if num_new <= 0:
             return False
-        chunk = [torch.empty((num_new, *spec.shape), dtype=spec.dtype, device=spec.device) for spec in self.specs]
+        chunk = [
+            torch.empty((num_new, *spec.shape), dtype=spec.dtype, device=spec.device, pin_memory=self.pin_memory)
+            for spec in self.specs
+        ]
         self._chunks.append(chunk)
         self._chunk_starts.append(self.capacity)
         # Lowest ids first: allocate() pops from the end.

@@ -27,15 +27,17 @@ class CheckedPrefixStore(hhc.PrefixStore):
             was_bound = self.layout is not None
             super().bind(layout, model_fingerprint)
             if not was_bound:
-                for pool in (self._pages, self._snapshots):
-                    pool.allocate = self._checked_allocate(pool.allocate)
+                for tier in self._tiers:
+                    for pool in (tier.pages, tier.snapshots):
+                        pool.allocate = self._checked_allocate(pool.allocate, tier)
 
-    def _checked_allocate(self, allocate):
+    def _checked_allocate(self, allocate, tier):
         def checked():
             slot_id = allocate()
-            self.peak_bytes = max(self.peak_bytes, self.bytes_used)
-            if self.bytes_used > self.max_bytes:
-                self._fail(f"bytes_used {self.bytes_used} > max_bytes {self.max_bytes} after an allocation")
+            if tier.name == "device":
+                self.peak_bytes = max(self.peak_bytes, self.bytes_used)
+            if tier.bytes_used > tier.max_bytes:
+                self._fail(f"{tier.name} tier holds {tier.bytes_used} bytes > its budget {tier.max_bytes} after an allocation")
             return slot_id
 
         return checked
@@ -82,9 +84,8 @@ def assert_store_at_rest(store: hhc.PrefixStore) -> None:
     assert stats["pinned_blocks"] == 0 and set(all_pins(store)) <= {0}
     assert stats["reserved_snapshots"] == 0
     assert stats["bytes_used"] <= stats["max_bytes"]
-    if store._pages is not None:
-        assert store._pages.num_used == stats["blocks"]
-        assert store._snapshots.num_used == stats["snapshots"]
+    assert sum(tier.pages.num_used for tier in store._tiers) == stats["blocks"]
+    assert sum(tier.snapshots.num_used for tier in store._tiers) == stats["snapshots"]
 
 
 def prompt_family(num_prompts: int, prefix_len: int, tail_len: int, seed: int) -> list[torch.Tensor]:

@@ -1,5 +1,5 @@
 """Property-based churn: random sequences of requests (shared prefixes, repeats, multi-turn follow-ups
-on a new or the same cache) over random modes, eviction policies, block sizes and budgets. After every request: the output
+on a new or the same cache) over random modes, eviction policies, block sizes, budgets and host tiers. After every request: the output
 equals its cold run, the store's invariants hold, nothing is pinned, and the request's chain is the most
 recently used, ancestors first."""
 
@@ -32,6 +32,7 @@ scenario_strategy = st.fixed_dictionaries(
         eviction=st.sampled_from(["cost", "lru"]),
         block_size=st.sampled_from([16, 8, 24]),
         budget_blocks=st.sampled_from([3, 1, 6, 40]),
+        host_blocks=st.sampled_from([0, 4, 1]),
         steps=st.lists(step_strategy, min_size=3, max_size=6),
     )
 )
@@ -66,13 +67,16 @@ def test_random_churn_equals_cold_and_keeps_invariants(model, cold_model):
 
     @settings(max_examples=50, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(scenario=scenario_strategy)
-    @example(scenario=dict(mode="branch", eviction="cost", block_size=16, budget_blocks=3, steps=PRESSURE))
-    @example(scenario=dict(mode="all", eviction="cost", block_size=8, budget_blocks=6, steps=PRESSURE))
+    @example(scenario=dict(mode="branch", eviction="cost", block_size=16, budget_blocks=3, host_blocks=0, steps=PRESSURE))
+    @example(scenario=dict(mode="all", eviction="cost", block_size=8, budget_blocks=6, host_blocks=0, steps=PRESSURE))
+    @example(scenario=dict(mode="all", eviction="cost", block_size=8, budget_blocks=3, host_blocks=4, steps=PRESSURE))
+    @example(scenario=dict(mode="branch", eviction="lru", block_size=16, budget_blocks=3, host_blocks=2, steps=PRESSURE))
     def churn(scenario):
         block_size, mode = scenario["block_size"], scenario["mode"]
         max_bytes = scenario["budget_blocks"] * one_block_bytes(model, block_size)
         store = CheckedPrefixStore(
-            block_size=block_size, mamba_cache_mode=mode, max_bytes=max_bytes, eviction=scenario["eviction"]
+            block_size=block_size, mamba_cache_mode=mode, max_bytes=max_bytes, eviction=scenario["eviction"],
+            host_bytes=scenario["host_blocks"] * one_block_bytes(model, block_size),
         )
         previous, previous_cache = None, None
         for step in scenario["steps"]:
@@ -104,7 +108,11 @@ def test_random_churn_equals_cold_and_keeps_invariants(model, cold_model):
             previous, previous_cache = output.sequences, cache
         totals["evictions"] += store.stats()["evictions"]
         totals["snapshot_evictions"] += store.stats()["snapshot_evictions"]
+        if "host" in store.stats()["tiers"]:
+            totals["demotions"] += store.stats()["tiers"]["device"]["demotions"]
+            totals["promotions"] += store.stats()["tiers"]["device"]["promotions"]
 
     churn()
     # The scenarios must have exercised hits and both kinds of eviction, or this test proves little.
     assert totals["hit_tokens"] > 0 and totals["evictions"] > 0 and totals["snapshot_evictions"] > 0, totals
+    assert totals["demotions"] > 0 and totals["promotions"] > 0, totals

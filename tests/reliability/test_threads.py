@@ -34,12 +34,16 @@ def block_bytes(model, block_size: int) -> tuple[int, int]:
     return probe.page_bytes, probe.snapshot_bytes
 
 
-@pytest.mark.parametrize("mode, eviction", [("align", "lru"), ("all", "cost"), ("branch", "cost")])
-def test_threads_share_one_store_under_eviction(model, cold_model, mode, eviction):
+@pytest.mark.parametrize(
+    "mode, eviction, host_blocks",
+    [("align", "lru", 0), ("all", "cost", 0), ("branch", "cost", 0), ("all", "cost", 4), ("branch", "lru", 2)],
+)
+def test_threads_share_one_store_under_eviction(model, cold_model, mode, eviction, host_blocks):
     page_bytes, snapshot_bytes = block_bytes(model, BLOCK_SIZE)
     # Room for 6 blocks with snapshots: far less than the 8 distinct prompts publish.
     store = CheckedPrefixStore(
-        block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=6 * (page_bytes + snapshot_bytes), eviction=eviction
+        block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=6 * (page_bytes + snapshot_bytes), eviction=eviction,
+        host_bytes=host_blocks * (page_bytes + snapshot_bytes),
     )
     prompts = prompt_family(4, prefix_len=40, tail_len=30, seed=20) + prompt_family(4, prefix_len=56, tail_len=20, seed=21)
     cold = [cold_generate(cold_model, prompt, max_new_tokens=MAX_NEW_TOKENS) for prompt in prompts]
@@ -108,6 +112,8 @@ def test_threads_share_one_store_under_eviction(model, cold_model, mode, evictio
         assert_same_as_cold(output, cold[prompt_idx])
     stats = store.stats()
     assert stats["evictions"] > 0, "the budget must force eviction for this test to mean anything"
+    if host_blocks:  # (whether a demoted block is hit again depends on the interleaving: not asserted)
+        assert stats["tiers"]["device"]["demotions"] > 0, stats["tiers"]
     for prompt_idx, output, num_cached in first_requests.values():
         assert_same_as_cold(output, cold[prompt_idx])
         assert num_cached == 64  # the seeded prompt's last boundary before its final token
