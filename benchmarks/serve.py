@@ -1,9 +1,9 @@
 """A 6-turn chat through the `openai` client against `python -m hf_hybrid_cache.serve` and plain
 `transformers serve`, side by side: time to first token and prompt tokens computed per turn.
 
-    .venv/bin/python benchmarks/serve.py [--turns 6] [--rounds 3] [--hidden-size 128]
+    .venv/bin/python benchmarks/serve.py [--turns 6] [--rounds 3] [--hidden-size 768]
 
-Model: the demo's default (a tiny Qwen3-Next, 8 layers, hidden 128, random weights; `--hidden-size` widens
+Model: the demo's default (a tiny Qwen3-Next, 8 layers, hidden 768, random weights; `--hidden-size` changes
 it) with the offline byte tokenizer, saved to a temporary folder; a ~600-token system prompt. Both servers run at once on loopback;
 each turn is sent to both, in an order that alternates, so only one computes at a time. TTFT: from sending
 the streaming request to its first content chunk. Each round is a new chat with its own system prompt.
@@ -24,7 +24,7 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo.loader import TINY_DEMO_SIZE  # noqa: E402
+from demo.loader import TINY_SIZES  # noqa: E402
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next  # noqa: E402
 
 QUESTIONS = ["What is a block?", "And a snapshot?", "Why keep both?", "What evicts first?", "Is it exact?",
@@ -69,11 +69,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--hidden-size", type=int, default=TINY_DEMO_SIZE["hidden_size"])
+    parser.add_argument("--hidden-size", type=int, default=TINY_SIZES["demo"]["hidden_size"])
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as model_dir:
-        tiny_qwen3_next(seed=0, **{**TINY_DEMO_SIZE, "hidden_size": args.hidden_size}).save_pretrained(model_dir)
+        tiny_qwen3_next(seed=0, **{**TINY_SIZES["demo"], "hidden_size": args.hidden_size}).save_pretrained(model_dir)
         tiny_byte_tokenizer().save_pretrained(model_dir)
         ports = free_port(), free_port()
         servers = [
@@ -106,7 +106,7 @@ def main():
                 server.wait(timeout=30)
 
     print(f"{args.turns}-turn chats, {args.rounds} rounds (medians), max_tokens 16, tiny Qwen3-Next of "
-          f"{TINY_DEMO_SIZE['num_hidden_layers']} layers, hidden {args.hidden_size}\n")
+          f"{TINY_SIZES['demo']['num_hidden_layers']} layers, hidden {args.hidden_size}\n")
     print(f"{'turn':>4s}{'prompt':>8s}{'computed (ours)':>17s}{'TTFT plain ms':>15s}{'TTFT ours ms':>14s}{'plain / ours':>14s}")
     for turn, r in results.items():
         ratio = statistics.median(p / c for p, c in zip(r["plain"], r["cached"]))

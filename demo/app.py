@@ -1,7 +1,8 @@
-"""Launches the chat demo: `python demo/app.py [--host 127.0.0.1] [--port 7860] [--model PATH_OR_ID]`.
+"""Launches the chat demo: `python demo/app.py [--host 127.0.0.1] [--port 7860] [--model PATH_OR_ID] [--store PATH]`.
 
-Builds (or loads) the model, sets up the process-wide PrefixStore and serves the page and `/generate`
-locally; nothing here reaches the internet (no analytics, no share link, no web fonts).
+Builds (or loads) the model, sets up the process-wide PrefixStore (loaded from `--store` when that file
+exists) and serves the page and `/generate` locally; nothing here reaches the internet (no analytics, no
+share link, no web fonts).
 """
 
 import argparse
@@ -17,7 +18,7 @@ import gradio as gr  # noqa: E402 - after the analytics switch, which gradio rea
 import torch  # noqa: E402
 
 from demo.engine import ChatEngine  # noqa: E402
-from demo.loader import load_model  # noqa: E402
+from demo.loader import TINY_SIZES, load_model  # noqa: E402
 from demo.ui import BLOCK_SIZES, MODES, build_ui  # noqa: E402
 
 # System fonts only: the default theme would fetch its web font from Google.
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--model", default=None, help="a causal LM checkpoint of a supported family (default: the tiny offline Qwen3-Next)")
     parser.add_argument("--seed", type=int, default=0, help="weights of the tiny model")
+    parser.add_argument("--tiny-size", choices=list(TINY_SIZES), default="demo", help="size of the tiny model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     # "all" so that a new chat sharing only the system prompt hits too; "align" saves far fewer
     # snapshots (each costs as much as thousands of tokens of K/V on a large model) but only serves
@@ -40,14 +42,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block-size", type=int, default=64, help=f"tokens per block, e.g. {BLOCK_SIZES}")
     parser.add_argument("--max-bytes-mib", type=int, default=256, help="the store's memory budget")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="reply length cap in the chat")
+    parser.add_argument(
+        "--store", type=Path, default=None,
+        help="a file to keep the store in across restarts: loaded at start if it exists (its mode and block "
+        "size win over --mode / --block-size), saved after each reply and on exit",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    loaded = load_model(args.model, seed=args.seed, device=args.device)
-    engine = ChatEngine(loaded, max_bytes=args.max_bytes_mib << 20)
-    engine.configure_store(args.mode, args.block_size)
+    loaded = load_model(args.model, seed=args.seed, device=args.device, tiny_size=args.tiny_size)
+    engine = ChatEngine(loaded, max_bytes=args.max_bytes_mib << 20, store_path=args.store)
+    if not engine.load_store():
+        engine.configure_store(args.mode, args.block_size)
     engine.warm_up()
     app = build_ui(engine, max_new_tokens=args.max_new_tokens)
     _, url, _ = app.launch(
@@ -61,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         quiet=True,
     )
     print(f"hf_hybrid_cache demo: {url} (Ctrl+C to stop)", flush=True)
-    app.block_thread()
+    try:
+        app.block_thread()
+    finally:
+        engine.save_store()
 
 
 if __name__ == "__main__":

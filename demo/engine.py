@@ -1,13 +1,15 @@
 """Runs one `generate()` per request, through a `HybridPrefixCache` or without one, and measures it.
 
 No Gradio here: the chat UI and the `/generate` endpoint both call `ChatEngine.stream`. The engine also
-swaps the process-wide `PrefixStore` when the mode or block size changes (both are fixed per store).
+swaps the process-wide `PrefixStore` when the mode or block size changes (both are fixed per store), and
+keeps it in a file across restarts when given one.
 """
 
 import queue
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -70,10 +72,32 @@ class ChatEngine:
     store swap never lands in the middle of a request. The store itself is thread-safe.
     """
 
-    def __init__(self, loaded: LoadedModel, max_bytes: int):
+    def __init__(self, loaded: LoadedModel, max_bytes: int, store_path: Path | None = None):
         self.loaded = loaded
         self.max_bytes = max_bytes
+        self.store_path = store_path
         self._lock = threading.Lock()
+
+    def load_store(self) -> bool:
+        """Make the store saved at `store_path` the process-wide one; False when there is no such file.
+
+        Raises ValueError naming the file when it is damaged or holds another model's blocks.
+        """
+        if self.store_path is None or not self.store_path.exists():
+            return False
+        store = hhc.PrefixStore.load(self.store_path, max_bytes=self.max_bytes)
+        try:
+            hhc.HybridPrefixCache(self.loaded.model, store=store)  # binds it: another layout fails now, not mid-chat
+        except ValueError as error:
+            raise ValueError(f"{self.store_path} was saved for another model ({error}); pass another --store") from None
+        with self._lock:
+            hhc.set_default_store(store)
+        return True
+
+    def save_store(self) -> None:
+        """Save the process-wide store to `store_path` (atomically), if the engine has one."""
+        if self.store_path is not None:
+            hhc.get_default_store().save(self.store_path)
 
     def configure_store(self, mode: str, block_size: int) -> None:
         """Make a new, empty process-wide store unless the current one already has these settings
@@ -95,8 +119,8 @@ class ChatEngine:
                 self._call_generate(prompt_ids, max_new_tokens=2, cache=cache)
 
     def store_stats(self) -> dict:
-        """The process-wide store's counters (see `PrefixStore.stats`)."""
-        return hhc.get_default_store().stats()
+        """The process-wide store's counters (see `PrefixStore.stats`), and `saved_to`: its file or None."""
+        return {**hhc.get_default_store().stats(), "saved_to": self.store_path}
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of a conversation rendered by the model's chat template, ready for the reply."""
@@ -139,7 +163,12 @@ class ChatEngine:
         # Runs in a worker thread so that the caller can stream; whatever happens ends the caller's loop.
         try:
             with self._lock:
-                token_queue.put(self._generate(prompt_ids, max_new_tokens, prefix_cache, token_queue))
+                stats = self._generate(prompt_ids, max_new_tokens, prefix_cache, token_queue)
+                # The reply has streamed; only its stats line waits for the write (so that it is on disk
+                # when the caller sees the turn end).
+                if prefix_cache:
+                    self.save_store()
+                token_queue.put(stats)
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
             token_queue.put(error)
 

@@ -32,6 +32,7 @@ def store_markdown(stats: dict) -> str:
         ("hit rate", hit_rate),
         ("queries", str(stats["queries"])),
         ("evictions", str(stats["evictions"])),
+        ("saved to", f"`{stats['saved_to']}` (after each reply, and on exit)" if stats.get("saved_to") else "memory only (`--store PATH` keeps it)"),
     ]
     lines = ["| store (shared by all tabs) | now |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
     return "\n".join(lines)

@@ -8,20 +8,28 @@ import gradio as gr
 from demo.engine import ChatEngine
 from demo.panels import store_markdown, ttft_frame, turn_line, turn_order
 
-MODES = ["none", "align", "all"]
+MODES = ["none", "align", "branch", "all"]
 BLOCK_SIZES = [16, 32, 64, 128, 256]
-# Long enough to fill several blocks, so that a new chat with the same system prompt has something to hit.
+# As long as real system prompts often are (~1k tokens with the byte tokenizer), so that a new chat with
+# the same system prompt has something to hit and the plot shows what reuse saves.
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant in a demo of prefix caching for hybrid linear-attention models. "
     "Every request renders the whole conversation again: this system prompt, then each user message and "
     "each reply. A prefix cache keeps the attention keys and values of that repeated beginning in fixed-size "
     "blocks, together with the Gated DeltaNet states at block boundaries, so the model only computes what "
-    "is new. Answer briefly."
+    "is new. Answer briefly.\n\n"
+    "Rules for every answer. Be exact: when a figure is asked for, give the figure and say how it was "
+    "measured. Be brief: two or three sentences unless the user asks for more. Prefer plain words to jargon; "
+    "when a term is needed (block, page, snapshot, eviction, tier), explain it in one clause the first time. "
+    "Never invent a measurement, a version number or a citation. When you do not know, say so and say what "
+    "would settle it. When a question mixes two things, answer them one at a time. When the user writes in "
+    "another language, answer in that language. Keep code short and runnable, with its imports."
 )
 HELP = (
     "**Prefix cache** off runs plain `generate()`. **Mode** says where Gated DeltaNet states are saved; a "
     "hit needs one at its block boundary. `none`: never, so no hits. `align`: at the last block boundary "
-    "of each request, so a conversation's next turn hits but a new chat does not. `all`: at every "
+    "of each request, so a conversation's next turn hits but a new chat does not. `branch`: as align, plus "
+    "where a prompt leaves what is cached, so the next chat sharing that prefix hits. `all`: at every "
     "boundary, so a new chat with the same system prompt hits too. Mode and **block size** belong to the "
     "store every tab shares: changing either starts an empty store. **New chat** keeps the store."
 )

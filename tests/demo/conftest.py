@@ -1,6 +1,6 @@
 """Starts `demo/app.py` once per test session on a free loopback port, and always stops it.
 
-Small settings (8 new tokens, 16-token blocks) keep the runs short; the model is the demo's tiny one.
+Small settings (8 new tokens, 16-token blocks, the test-sized tiny model) keep the runs short.
 """
 
 import os
@@ -51,7 +51,7 @@ def demo_url(tmp_path_factory) -> str:
     url = f"http://127.0.0.1:{port}/"
     log_path = tmp_path_factory.mktemp("demo") / "app.log"
     command = [sys.executable, "demo/app.py", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--max-new-tokens", "8", "--block-size", "16"]
+    command += ["--max-new-tokens", "8", "--block-size", "16", "--tiny-size", "test"]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log_path, "w") as log:
         process = subprocess.Popen(

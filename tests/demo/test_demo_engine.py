@@ -15,7 +15,7 @@ PROMPT = "A prefix cache serves the repeated start of a prompt from memory. " * 
 
 @pytest.fixture(scope="module")
 def engine():
-    return ChatEngine(load_model(), max_bytes=64 << 20)
+    return ChatEngine(load_model(tiny_size="test"), max_bytes=64 << 20)
 
 
 def _run(engine, prompt: str, prefix_cache: bool = True):
@@ -74,3 +74,24 @@ def test_model_flag_loads_a_saved_checkpoint(tmp_path):
     *_, (_, stats) = engine.stream(engine.chat_prompt_ids(messages), max_new_tokens=2)
     assert engine.loaded.name == str(tmp_path)
     assert stats.prompt_tokens == len(engine.chat_prompt_ids(messages)) and stats.new_tokens >= 1
+
+
+def test_store_flag_keeps_the_store_across_restarts(tmp_path):
+    # What `--store PATH` does: the first engine saves after each reply, a restarted one loads the file.
+    path = tmp_path / "demo-store.safetensors"
+    first = ChatEngine(load_model(tiny_size="test"), max_bytes=16 << 20, store_path=path)
+    assert not first.load_store()  # no file yet
+    first.configure_store("all", 16)
+    reply, _ = _run(first, PROMPT)
+    assert path.exists() and f"`{path}`" in store_markdown(first.store_stats())
+
+    hhc.set_default_store(None)  # a new process starts with an empty default store
+    restarted = ChatEngine(load_model(tiny_size="test"), max_bytes=16 << 20, store_path=path)
+    assert restarted.load_store()
+    hit_reply, hit = _run(restarted, PROMPT + reply + " And then?")
+    cold_reply, _ = _run(restarted, PROMPT + reply + " And then?", prefix_cache=False)
+    assert hit.cached_tokens > 0 and hit_reply == cold_reply
+
+    wrong_shape = ChatEngine(load_model(tiny_size="demo"), max_bytes=16 << 20, store_path=path)
+    with pytest.raises(ValueError, match="saved for another model"):
+        wrong_shape.load_store()

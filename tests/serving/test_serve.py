@@ -128,6 +128,25 @@ def test_bad_requests_get_the_plain_servers_errors(servers, request_kind):
     assert errors[0] == errors[1]
 
 
+def test_store_flag_keeps_the_store_across_restarts(servers, tmp_path):
+    model = servers[0]
+    path, port = tmp_path / "served-store.safetensors", free_port()
+    command = [sys.executable, "-m", "hf_hybrid_cache.serve", model, "--cache-block-size", "32", "--store", str(path)]
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Remember this."}]
+    for run in range(2):
+        log = tmp_path / f"run-{run}.log"
+        process = start(command, port, log)
+        try:
+            wait_until_up(process, port, log)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+            reply = chat(client, model, messages)
+        finally:
+            stop(process)
+        # Saved after the response: the restarted server is served this turn from the file.
+        assert path.exists() and (run == 0) == (reply.usage.prompt_tokens_details.cached_tokens == 0)
+    assert "loaded" in (tmp_path / "run-1.log").read_text()
+
+
 def test_readme_client_snippet_runs(servers, capsys):
     model, _, _, port = servers
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
