@@ -31,3 +31,16 @@ def test_pipeline_example_runs_and_hits():
         exec(compile(block, "README.md", "exec"), {})
     first, second = map(int, printed.getvalue().split())
     assert first == 0 and second > 0
+
+
+def test_save_and_load_example_runs(tmp_path, monkeypatch):
+    blocks = python_blocks()
+    block = next(block for block in blocks if "PrefixStore.load(" in block)
+    monkeypatch.chdir(tmp_path)  # the example saves to a relative path
+    namespace = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(blocks[0], "README.md", "exec"), namespace)  # the usage example fills `store`
+    blocks_before = namespace["store"].stats()["blocks"]
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert (tmp_path / "prefixes.safetensors").exists()
+    assert namespace["store"].stats()["blocks"] == blocks_before > 0 and namespace["store"].max_bytes == 64 << 20
