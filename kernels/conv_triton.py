@@ -11,7 +11,8 @@ import triton.language as tl
 from .launch import check_contiguous, check_device
 
 BLOCK_D = 64
-BLOCK_T = 64
+# 32 positions: a [64, 64] tile per program spilled ~2.5 KB a thread on sm_80-sm_90 (benchmarks/compile_check.py).
+BLOCK_T = 32
 _HAS = {
     "HAS_BIAS": lambda args: args["bias"] is not None,
     "HAS_STATE": lambda args: args["conv_state"] is not None,

@@ -47,5 +47,7 @@ def block_size(size: int, minimum: int = 16) -> int:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get exact fp32 products (the reference's precision); half inputs may use tf32."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """fp32 inputs get fp32-accurate products (tf32x3: three tensor-core passes, errors near fp32 rounding;
+    "ieee" runs on CUDA cores and spills at every K, V >= 32 tile, see benchmarks/compile_check.py); half
+    inputs may use tf32. The interpreter computes every product in fp32."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"

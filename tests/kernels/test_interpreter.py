@@ -8,8 +8,13 @@ import torch
 from hf_hybrid_cache.kernels import chunk_triton, conv_triton, launch, recurrent_triton
 
 KERNELS = {
-    "chunk_wy": chunk_triton.chunk_gated_delta_rule_wy_kernel,
-    "chunk": chunk_triton.chunk_gated_delta_rule_kernel,
+    "l2norm": chunk_triton.l2norm_kernel,
+    "chunk_kkt": chunk_triton.chunk_kkt_kernel,
+    "chunk_solve": chunk_triton.chunk_solve_kernel,
+    "chunk_wy": chunk_triton.chunk_wy_kernel,
+    "chunk_state": chunk_triton.chunk_state_kernel,
+    "chunk_output": chunk_triton.chunk_output_kernel,
+    "chunk_checkpoint": chunk_triton.chunk_checkpoint_kernel,
     "recurrent": recurrent_triton.recurrent_gated_delta_rule_kernel,
     "conv": conv_triton.causal_conv1d_kernel,
     "conv_states": conv_triton.causal_conv1d_states_kernel,

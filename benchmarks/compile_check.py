@@ -1,0 +1,191 @@
+"""Compiles every Triton kernel in `kernels/` ahead of time for sm_80, sm_86, sm_89 and sm_90, with the tiles and
+launch options its launcher would pick on that architecture, and reports registers, spills (the stack the
+kernel needs) and shared memory per block. No GPU needed: triton's compiler and the wheel's ptxas and cuobjdump
+do it all on a CPU.
+
+    .venv/bin/python benchmarks/compile_check.py [--shapes qwen3_next qwen3_5 test] [--archs 80 86 89 90] [--json]
+
+A row is clean when it compiled, spills at most 64 bytes and its shared memory fits the architecture's
+per-block limit. Exits 1 if any row is not clean.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Compiling needs the real triton language, not the interpreter the test suite turns on.
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hf_hybrid_cache.kernels import chunk_triton, conv_triton, launch, recurrent_triton  # noqa: E402
+
+ARCHS = (80, 86, 89, 90)
+SHARED_LIMIT = {80: 163 << 10, 86: 99 << 10, 89: 99 << 10, 90: 227 << 10}  # bytes per block
+MAX_SPILL_BYTES = 64
+# (key heads, value heads, K, V, conv channels, dtype): GDN layers of Qwen3-Next-80B and Qwen3.5 (whose
+# larger checkpoints have more value heads per key head), and the kernel tests' odd sizes.
+SHAPES = {
+    "qwen3_next": (16, 32, 128, 128, 8192, "bf16"),
+    "qwen3_5": (16, 64, 128, 128, 12288, "bf16"),
+    "test": (1, 2, 24, 80, 128, "fp32"),
+}
+
+
+@dataclass
+class Spec:
+    """One kernel launch as its launcher configures it: argument types, constexpr values, options."""
+
+    name: str
+    fn: object
+    types: dict  # non-constexpr argument -> triton type ("*bf16", "i32", ...)
+    constexprs: dict  # constexpr argument -> value (None for an absent optional tensor)
+    num_warps: int
+    num_stages: int
+
+    @property
+    def config(self) -> str:
+        tiles = {k: v for k, v in self.constexprs.items() if k.startswith("B") and k not in ("B",)}
+        return " ".join(f"{k}={v}" for k, v in tiles.items()) + f" warps={self.num_warps} stages={self.num_stages}"
+
+
+def specs(shape: str, arch: int):
+    """Every kernel launch of every op at `shape` on `arch`, configured as the launchers configure it."""
+    num_k_heads, num_v_heads, k_dim, v_dim, conv_dim, dtype = SHAPES[shape]
+    data = f"*{dtype}"
+    dot = launch.dot_precision(_torch_dtype(dtype))
+    config = chunk_triton.configs(k_dim, v_dim, _torch_dtype(dtype), arch)
+    opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    dims = dict(HK=num_k_heads, HV=num_v_heads, K=k_dim, BT=chunk_triton.CHUNK_SIZE, DOT_PRECISION=dot)
+    tiles = dict(V=v_dim, BK=config.block_k, BV=config.block_v)
+    fp32 = "*fp32"
+    yield Spec("l2norm", chunk_triton.l2norm_kernel, dict(x=data, y=fp32, num_rows="i32"),
+               dict(K=k_dim, BK=launch.block_size(k_dim), BR=16), **opts)
+    yield Spec("chunk_kkt", chunk_triton.chunk_kkt_kernel, dict(k=fp32, g=fp32, beta=data, g_cum=fp32, a=fp32, T="i32"),
+               dict(BK=config.block_k, **dims), **opts)
+    yield Spec("chunk_solve", chunk_triton.chunk_solve_kernel, dict(a=fp32, a_inv=fp32, T="i32"),
+               dict(HV=num_v_heads, BT=chunk_triton.CHUNK_SIZE, BC=chunk_triton.SOLVE_BLOCK, DOT_PRECISION=dot), **opts)
+    yield Spec("chunk_wy", chunk_triton.chunk_wy_kernel,
+               dict(k=fp32, v=data, beta=data, g_cum=fp32, a_inv=fp32, w=fp32, u=fp32, T="i32"), dict(**tiles, **dims), **opts)
+    for initial_state in (True, False):
+        yield Spec(f"chunk_state{'' if initial_state else ' (no h0)'}", chunk_triton.chunk_state_kernel,
+                   dict(k=fp32, w=fp32, u=fp32, g_cum=fp32, **({"h0": fp32} if initial_state else {}), h=fp32,
+                        v_new=fp32, ht=fp32, T="i32"),
+                   dict(**({} if initial_state else {"h0": None}), BK=launch.block_size(k_dim), BV=config.state_block_v,
+                        V=v_dim, **dims, USE_INITIAL_STATE=initial_state),
+                   num_warps=config.state_num_warps, num_stages=config.state_num_stages)
+    yield Spec("chunk_output", chunk_triton.chunk_output_kernel,
+               dict(q=fp32, k=fp32, g_cum=fp32, h=fp32, v_new=fp32, o=data, scale="fp32", T="i32"), dict(**tiles, **dims), **opts)
+    yield Spec("chunk_checkpoint", chunk_triton.chunk_checkpoint_kernel,
+               dict(k=fp32, g_cum=fp32, h=fp32, v_new=fp32, ckpt_offsets="*i32", h_ckpt=fp32, T="i32", B="i32"),
+               dict(**tiles, **dims), **opts)
+    yield Spec("recurrent", recurrent_triton.recurrent_gated_delta_rule_kernel,
+               dict(q=data, k=data, v=data, g=fp32, beta=data, state=fp32, o=data, scale="fp32", T="i32"),
+               dict(HK=num_k_heads, HV=num_v_heads, K=k_dim, V=v_dim, BK=launch.block_size(k_dim),
+                    BV=min(launch.block_size(v_dim), recurrent_triton.BLOCK_V), USE_QK_L2NORM=True), num_warps=4, num_stages=3)
+    width = 4
+    conv = dict(x=data, weight=data, bias=data, conv_state=data, out=data, T="i32", D="i32")
+    yield Spec("conv", conv_triton.causal_conv1d_kernel, conv,
+               dict(W=width, BD=conv_triton.BLOCK_D, BT=conv_triton.BLOCK_T, USE_SILU=True, HAS_BIAS=True, HAS_STATE=True),
+               num_warps=4, num_stages=3)
+    yield Spec("conv_states", conv_triton.causal_conv1d_states_kernel,
+               dict(x=data, conv_state=data, ends="*i32", states=data, B="i32", T="i32", D="i32"),
+               dict(W=width, BD=conv_triton.BLOCK_D, BW=triton.next_power_of_2(width), HAS_STATE=True), num_warps=4, num_stages=3)
+    yield Spec("conv_update", conv_triton.causal_conv1d_update_kernel, conv,
+               dict(W=width, BD=conv_triton.BLOCK_D, BW=triton.next_power_of_2(width), USE_SILU=True, HAS_BIAS=True),
+               num_warps=4, num_stages=3)
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def _jit_function(kernel):
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn  # @triton.heuristics / @triton.autotune wrap it
+    return kernel
+
+
+def compile_row(spec: Spec, shape: str, arch: int) -> dict:
+    fn = _jit_function(spec.fn)
+    signature = {name: spec.types.get(name, "constexpr") for name in fn.arg_names}
+    missing = [name for name in fn.arg_names if name not in spec.types and name not in spec.constexprs]
+    row = dict(kernel=spec.name, arch=f"sm_{arch}", shape=shape, config=spec.config,
+               registers=None, spill_bytes=None, shared_bytes=None, error=None)
+    if missing:
+        row["error"] = f"compile_check does not describe arguments {missing}"
+        return row
+    constexprs = {(fn.arg_names.index(name),): value for name, value in spec.constexprs.items()}
+    try:
+        compiled = triton.compile(
+            ASTSource(fn, signature, constexprs=constexprs),
+            target=GPUTarget("cuda", arch, 32),
+            options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages),
+        )
+    except Exception as error:  # noqa: BLE001 - reported in the row
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+        return row
+    row["shared_bytes"] = compiled.metadata.shared
+    row["registers"], row["spill_bytes"] = _resource_usage(compiled.asm["cubin"])
+    return row
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers, stack bytes) from the wheel's cuobjdump -res-usage."""
+    import triton.backends.nvidia as nvidia
+
+    cuobjdump = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        report = subprocess.run([str(cuobjdump), "-res-usage", file.name], capture_output=True, text=True, check=True).stdout
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", report)
+    return int(usage.group(1)), int(usage.group(2))
+
+
+def is_clean(row: dict) -> bool:
+    limit = SHARED_LIMIT[int(row["arch"][3:])]
+    return row["error"] is None and row["spill_bytes"] <= MAX_SPILL_BYTES and row["shared_bytes"] <= limit
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
+    parser.add_argument("--kernels", nargs="+", default=None, help="only these kernels (names as in the table)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
+    args = parser.parse_args(argv)
+    rows = [
+        compile_row(spec, shape, arch)
+        for shape in args.shapes
+        for arch in args.archs
+        for spec in specs(shape, arch)
+        if args.kernels is None or spec.name.split()[0] in args.kernels
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{'kernel':<22s}{'arch':<7s}{'shape':<12s}{'regs':>5s}{'spill B':>9s}{'shared KiB':>12s}  {'clean':<6s}config")
+        for row in rows:
+            if row["error"]:
+                print(f"{row['kernel']:<22s}{row['arch']:<7s}{row['shape']:<12s}  ERROR {row['error']}")
+                continue
+            print(f"{row['kernel']:<22s}{row['arch']:<7s}{row['shape']:<12s}{row['registers']:>5d}{row['spill_bytes']:>9d}"
+                  f"{row['shared_bytes'] / 1024:>12.1f}  {'yes' if is_clean(row) else 'NO':<6s}{row['config']}")
+        print(f"\n{sum(map(is_clean, rows))} of {len(rows)} clean (spill <= {MAX_SPILL_BYTES} B, shared within the per-block limit)")
+    return 0 if all(map(is_clean, rows)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
