@@ -17,7 +17,7 @@ from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 # second); "test": the same architecture at hidden 128, for the test suite.
 TINY_SIZES = {"demo": dict(num_hidden_layers=8, hidden_size=768), "test": dict(num_hidden_layers=8, hidden_size=128)}
 TINY_NOTICE = (
-    "Default model: a tiny Qwen3-Next with random weights (seed {seed}), built locally: its replies are "
+    "Default model: a small Qwen3-Next ({size}) with random weights (seed {seed}), built locally: its replies are "
     "nonsense, but the caching is real. Pass `--model PATH_OR_ID` to chat with a real checkpoint (Qwen3.5, "
     "Qwen3-Next, Nemotron-H, Granite 4, LFM2, Llama, ...)."
 )
@@ -60,7 +60,7 @@ def _load_tiny(seed: int, size: dict) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         name=model.config.name_or_path,
-        notice=TINY_NOTICE.format(seed=seed),
+        notice=TINY_NOTICE.format(seed=seed, size=f"{size['num_hidden_layers']} layers, hidden {size['hidden_size']}"),
         generate_kwargs=dict(suppress_tokens=suppressed),
     )
 
