@@ -183,7 +183,8 @@ def main(argv=None) -> int:
                 continue
             print(f"{row['kernel']:<22s}{row['arch']:<7s}{row['shape']:<12s}{row['registers']:>5d}{row['spill_bytes']:>9d}"
                   f"{row['shared_bytes'] / 1024:>12.1f}  {'yes' if is_clean(row) else 'NO':<6s}{row['config']}")
-        print(f"\n{sum(map(is_clean, rows))} of {len(rows)} clean (spill <= {MAX_SPILL_BYTES} B, shared within the per-block limit)")
+        print(f"\n{sum(map(is_clean, rows))} of {len(rows)} clean "
+              f"(spill <= {MAX_SPILL_BYTES} B, shared within the per-block limit)")
     return 0 if all(map(is_clean, rows)) else 1
 
 

@@ -136,9 +136,8 @@ def time_chunked_gdn(device, seq_lens, fla) -> None:
     for seq_len in seq_lens:
         q, k, v, g, beta = gdn_inputs(1, seq_len, 16, 32, 128, torch.bfloat16, device)
         times = {
-            "ours": milliseconds(lambda: chunk_gated_delta_rule_triton(q, k, v, g, beta)),
-            "560": milliseconds(lambda: chunk_gated_delta_rule_triton(q, k, v, g, beta, checkpoint_offsets=range(560, seq_len + 1, 560))),
-            "64": milliseconds(lambda: chunk_gated_delta_rule_triton(q, k, v, g, beta, checkpoint_offsets=range(64, seq_len + 1, 64))),
+            name: milliseconds(lambda: chunk_gated_delta_rule_triton(q, k, v, g, beta, checkpoint_offsets=offsets))
+            for name, offsets in (("ours", ()), ("560", range(560, seq_len + 1, 560)), ("64", range(64, seq_len + 1, 64)))
         }
         line = f"{seq_len:>6}{times['ours']:>9.2f}{times['560']:>10.2f}{times['64']:>9.2f}"
         if fla:

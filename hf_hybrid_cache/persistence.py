@@ -246,7 +246,9 @@ def _check_tensors(file, store, blocks: list[SavedBlock]) -> None:
             tensor = file.get_slice(name)
             shape, dtype = tuple(tensor.get_shape()), tensor.get_dtype()
             if shape[1:] != spec.shape or dtype != SAFETENSORS_DTYPES[spec.dtype] or shape[0] < num_rows:
-                raise ValueError(f"tensor {name} is {dtype}{list(shape)}, the layout needs {num_rows} rows of {spec.dtype}{list(spec.shape)}")
+                raise ValueError(
+                    f"tensor {name} is {dtype}{list(shape)}, the layout needs {num_rows} rows of {spec.dtype}{list(spec.shape)}"
+                )
 
 
 def _load_blocks(file, store, blocks: list[SavedBlock], path: Path) -> None:

@@ -20,7 +20,7 @@ from .display import html_table, store_rows
 from .eviction import EVICTION_POLICIES, Victim, cost_victim, lru_victim
 from .layout import ModelLayout, TensorSpec
 from .modes import MAMBA_CACHE_MODES
-from .tiers import DEVICE, HOST, TIER_NAMES, StoreTier
+from .tiers import DEVICE, StoreTier
 
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_MAX_BYTES = 1 << 30

@@ -12,9 +12,7 @@ import torch
 from .layout import TensorSpec
 from .slot_pool import SlotPool
 
-DEVICE = 0  # tier index of the model's own devices
-HOST = 1  # tier index of host memory
-TIER_NAMES = ("device", "host")
+DEVICE = 0  # index of the device tier in `PrefixStore._tiers`; the host tier, when there is one, follows it
 
 
 class StoreTier:

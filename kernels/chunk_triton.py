@@ -120,7 +120,9 @@ def _load_block(x, i_b, i_h, i_t, T, HV: tl.constexpr, BT: tl.constexpr, BC: tl.
 
 
 @triton.jit
-def _store_block(x, b_x, i_b, i_h, i_t, T, HV: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr):
+def _store_block(
+    x, b_x, i_b, i_h, i_t, T, HV: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr
+):
     p, m = _block_pointers(x, i_b, i_h, i_t, T, HV, BT, BC, ROW, COL)
     tl.store(p, b_x, mask=m)
 

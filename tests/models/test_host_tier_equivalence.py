@@ -2,7 +2,6 @@
 store holds its host-tier blocks too."""
 
 import pytest
-import torch
 from cold_oracle import assert_same_as_cold, cold_generate, generate, random_tokens
 
 import hf_hybrid_cache as hhc

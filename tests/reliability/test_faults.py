@@ -4,7 +4,6 @@ request would publish. Afterwards nothing is pinned, every slot belongs to a com
 hits still equal cold runs."""
 
 import pytest
-import torch
 from transformers.generation.streamers import BaseStreamer
 
 import hf_hybrid_cache as hhc

@@ -1,8 +1,6 @@
 """Tenants and models sharing one store never see each other's entries: the namespace and the model
 fingerprint are hashed into the root of every block key."""
 
-import pytest
-import torch
 
 import hf_hybrid_cache as hhc
 from hf_hybrid_cache.fingerprint import model_fingerprint
