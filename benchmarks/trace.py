@@ -2,6 +2,7 @@
 bound an unlimited store would reach.
 
     .venv/bin/python benchmarks/trace.py [--budgets 8 15 40] [--block-size 32] [--seed 0] [--breakdown]
+                                         [--configs branch/cost ...]   # a subset of mode/policy columns
 
 Workload (interleaved, seeded): multi-turn chats over a few shared system prompts, questions over one long
 shared document, and regenerations of a chat's last turn. Model: a tiny Qwen3-Next whose snapshot weighs
@@ -104,6 +105,7 @@ def main():
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--breakdown", action="store_true", help="per kind of request, for branch/cost")
+    parser.add_argument("--configs", nargs="+", default=None, help="mode/policy columns to run (default: all)")
     args = parser.parse_args()
 
     model = hhc.patch(tiny_qwen3_next(**MODEL))
@@ -123,6 +125,8 @@ def main():
           f"({time.perf_counter() - start:.0f} s per configuration)\n")
 
     columns = [(mode, policy) for mode in MODES for policy in EVICTION_POLICIES]
+    if args.configs:
+        columns = [column for column in columns if "/".join(column) in args.configs]
     print(f"{'budget':>8s}{'oracle':>8s}" + "".join(f"{f'{mode}/{policy}':>13s}" for mode, policy in columns))
     results, breakdowns = {}, {}
     for budget in args.budgets:
@@ -138,11 +142,13 @@ def main():
     budget = min(args.budgets, key=lambda b: abs(b - 15))
     print(f"\nat a budget of {budget} snapshots:")
     for policy in EVICTION_POLICIES:
+        if any((budget, mode, policy) not in results for mode in MODES):
+            continue
         branch = results[budget, "branch", policy]
         other = max(results[budget, "align", policy], results[budget, "all", policy])
         print(f"  {policy:5s} branch / oracle {branch / oracle:.2f} (target >= 0.8); "
               f"branch / best of align, all {branch / other if other else float('inf'):.2f} (target >= 1.25)")
-    if args.breakdown:
+    if args.breakdown and (budget, "branch", "cost") in breakdowns:
         print(f"\nbranch / cost at {budget} snapshots, per kind of request:")
         print_breakdown(breakdowns[budget, "branch", "cost"], best_hits)
 
