@@ -31,3 +31,15 @@ def test_matches_reference_and_updates_state_in_place(dims, use_qk_l2norm):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(state, ref_state, rtol=1e-4, atol=1e-5)
     assert state.data_ptr() == address
+
+
+def test_bf16_inputs_match_reference_with_an_fp32_state():
+    q, k, v = (torch.randn(2, 3, *shape).bfloat16() for shape in ((2, 24), (2, 24), (4, 48)))
+    g, beta = -0.5 * torch.rand(2, 3, 4), torch.rand(2, 3, 4).bfloat16()
+    state = torch.randn(2, 4, 24, 48)
+    ref_state = state.clone()
+    expected = recurrent_gated_delta_rule_ref(q, k, v, g, beta, ref_state)
+    actual = recurrent_gated_delta_rule_triton(q, k, v, g, beta, state)
+    assert actual.dtype == torch.bfloat16 and state.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(state, ref_state, rtol=1e-3, atol=1e-4)
