@@ -21,9 +21,10 @@ class StoreTier:
     def __init__(self, name: str, page_specs: list[TensorSpec], snapshot_specs: list[TensorSpec], max_bytes: int):
         self.name = name
         self.max_bytes = max_bytes
+        # Page-locked host memory only under a CUDA model: copies to and from it are then plain DMA.
+        pin_memory = name == "host" and any(spec.device.type == "cuda" for spec in page_specs + snapshot_specs)
         if name == "host":
             page_specs, snapshot_specs = _on_host(page_specs), _on_host(snapshot_specs)
-        pin_memory = name == "host" and torch.cuda.is_available()
         page_bytes = sum(spec.num_bytes for spec in page_specs)
         snapshot_bytes = sum(spec.num_bytes for spec in snapshot_specs)
         self.pages = SlotPool(page_specs, max_slots=max_bytes // max(page_bytes, 1), pin_memory=pin_memory)
