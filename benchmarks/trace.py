@@ -3,6 +3,7 @@ bound an unlimited store would reach.
 
     .venv/bin/python benchmarks/trace.py [--budgets 8 15 40] [--block-size 32] [--seed 0] [--breakdown]
                                          [--configs branch/cost ...]   # a subset of mode/policy columns
+                                         [--future]   # also branch with an eviction that knows the future
 
 Workload (interleaved, seeded): multi-turn chats over a few shared system prompts, questions over one long
 shared document, and regenerations of a chat's last turn. Model: a tiny Qwen3-Next whose snapshot weighs
@@ -20,7 +21,7 @@ import warnings
 import torch
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.eviction import EVICTION_POLICIES
+from hf_hybrid_cache.eviction import EVICTION_POLICIES, Victim
 from hf_hybrid_cache.hashing import block_keys
 from hf_hybrid_cache.tiny import tiny_qwen3_next
 
@@ -91,6 +92,44 @@ def oracle_hits(requests, block_size: int) -> list[int]:
     return hits
 
 
+class FutureStore(hhc.PrefixStore):
+    """A store whose eviction knows every request to come (`paths`: their usable block keys, in order): it
+    evicts the entry whose next hit is farthest away (Belady's rule, one tier), leaf pages past the last
+    snapshot first. A reference for how much any eviction policy could serve, not a policy: a server does
+    not know its future requests."""
+
+    def __init__(self, paths: list[list[bytes]], **kwargs):
+        super().__init__(**kwargs)
+        self.paths, self.num_lookups = paths, 0
+
+    def lookup(self, *args, **kwargs):
+        self.num_lookups += 1
+        return super().lookup(*args, **kwargs)
+
+    def _victim(self, tier, pages_may_go):
+        next_hit = {}  # block key -> index of the next request whose deepest stored snapshot it holds
+        for request_idx in range(self.num_lookups, len(self.paths)):
+            deepest = None
+            for key in self.paths[request_idx]:
+                block = self._blocks.get(key)
+                if block is None:
+                    break
+                if block.snapshot_id is not None:
+                    deepest = key
+            next_hit.setdefault(deepest, request_idx)
+        never = len(self.paths)
+        candidates = []
+        for block in self._blocks.values():
+            if block.num_pins:
+                continue
+            has_snapshot = block.snapshot_id is not None
+            if has_snapshot:
+                candidates.append((next_hit.get(block.key, never), 1, Victim(block, snapshot_only=True)))
+            if pages_may_go(block):
+                candidates.append((next_hit.get(block.key, never) if has_snapshot else never, 0 if has_snapshot else 2, Victim(block)))
+        return max(candidates, key=lambda c: c[:2])[2] if candidates else None
+
+
 def print_breakdown(requests, oracle: list[int]) -> None:
     """Tokens served vs the oracle's, per kind of request."""
     for kind in ("first turn", "turn", "regenerate", "question"):
@@ -106,6 +145,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--breakdown", action="store_true", help="per kind of request, for branch/cost")
     parser.add_argument("--configs", nargs="+", default=None, help="mode/policy columns to run (default: all)")
+    parser.add_argument("--future", action="store_true", help="also branch with an eviction that knows the future")
     args = parser.parse_args()
 
     model = hhc.patch(tiny_qwen3_next(**MODEL))
@@ -148,6 +188,12 @@ def main():
         other = max(results[budget, "align", policy], results[budget, "all", policy])
         print(f"  {policy:5s} branch / oracle {branch / oracle:.2f} (target >= 0.8); "
               f"branch / best of align, all {branch / other if other else float('inf'):.2f} (target >= 1.25)")
+    if args.future:
+        root = hhc.HybridPrefixCache(model, store=probe)._root
+        paths = [block_keys(root, prompt[:-1], args.block_size) for _, prompt, _, _ in requests]
+        store = FutureStore(paths, block_size=args.block_size, mamba_cache_mode="branch", max_bytes=budget * probe.snapshot_bytes)
+        future, _ = run(model, store, events, chat_systems, document)
+        print(f"  branch with an eviction that knows every future request: {future:.3f} = {future / oracle:.2f} of the oracle")
     if args.breakdown and (budget, "branch", "cost") in breakdowns:
         print(f"\nbranch / cost at {budget} snapshots, per kind of request:")
         print_breakdown(breakdowns[budget, "branch", "cost"], best_hits)

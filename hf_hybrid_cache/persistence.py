@@ -3,7 +3,7 @@
 The file is plain safetensors, written slot by slot (no copy of the whole store in memory): per page tensor
 `page.{j}` `[num_pages, *page_shape]`, per snapshot tensor `snapshot.{j}` `[num_snapshots, *state_shape]`,
 and in the header's metadata a JSON index (format version, block size, mode, layout, model fingerprints, and
-per block its key, parent, rows, CRC32 per saved slot and recency). Never pickle. Writes go to a temporary
+per block its key, parent, rows, CRC32 per saved slot, recency and whether it was a branch point). Never pickle. Writes go to a temporary
 file renamed over the target, so a crash leaves the previous file or none.
 """
 
@@ -44,6 +44,7 @@ class SavedBlock:
     snapshot_crc: int | None
     page_used: int
     snapshot_used: int
+    branched: bool
 
 
 # -- saving --------------------------------------------------------------------------------------------------
@@ -87,6 +88,7 @@ def _describe(store, entries):
             snapshot_crc=None,
             page_used=entry.page_used,
             snapshot_used=entry.snapshot_used,
+            branched=entry.branched,
         )
         if entry.snapshot_id is not None:
             record.update(snapshot=snapshot_row, snapshot_crc=_checksum(snapshots[snapshot_row]))
@@ -202,6 +204,8 @@ def _read_index(index: dict, device) -> tuple[dict, ModelLayout | None, list[Sav
             snapshot_crc=_row(record["snapshot_crc"]) if record["snapshot"] is not None else None,
             page_used=_row(record["page_used"]),
             snapshot_used=_row(record["snapshot_used"]),
+            # Absent from files written before eviction remembered branch points: none then.
+            branched=_flag(record.get("branched", False)),
         )
         for record in index["blocks"]
     ]
@@ -226,6 +230,12 @@ def _key(text) -> bytes:
     if not isinstance(text, str) or len(text) != KEY_HEX_LEN:
         raise ValueError(f"{text!r} is not a block key")
     return bytes.fromhex(text)
+
+
+def _flag(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a flag")
+    return value
 
 
 def _row(value) -> int:
@@ -256,7 +266,8 @@ def _load_blocks(file, store, blocks: list[SavedBlock], path: Path) -> None:
     (with a warning) every entry whose checksum does not match, with the blocks below a dropped page."""
     kept = _select(store, blocks)
     views = store.adopt_blocks(
-        [(block.key, block.parent, block.snapshot is not None, block.page_used, block.snapshot_used) for block in kept]
+        [(block.key, block.parent, block.snapshot is not None, block.page_used, block.snapshot_used, block.branched)
+         for block in kept]
     )
     crcs = {block.key: [0, 0] for block in kept}
     for kind, position in (("page", 0), ("snapshot", 1)):

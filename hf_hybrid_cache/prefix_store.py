@@ -41,6 +41,7 @@ class Block:
     page_tier: int = DEVICE
     snapshot_tier: int = DEVICE
     num_children: int = 0
+    branched: bool = False  # has had two children or more: a prefix requests share, whatever was evicted since
     # Live caches (and a publish in progress) holding this block; a pinned block is never evicted.
     num_pins: int = 0
     # The store's clock when the page / the snapshot last served a request (eviction's recency).
@@ -60,6 +61,7 @@ class HeldBlock:
     snapshot_tier: int
     page_used: int
     snapshot_used: int
+    branched: bool
 
 
 @dataclass
@@ -386,6 +388,7 @@ class PrefixStore:
         block = Block(key=key, parent=parent, page_id=page_id, depth=parent.depth + 1 if parent else 1)
         if parent is not None:
             parent.num_children += 1
+            parent.branched |= parent.num_children > 1
         self._blocks[key] = block
         return block
 
@@ -535,23 +538,23 @@ class PrefixStore:
                 block.num_pins += 1
             entries = [
                 HeldBlock(block.key, block.parent.key if block.parent else None, block.page_id, block.page_tier,
-                          block.snapshot_id, block.snapshot_tier, block.page_used, block.snapshot_used)
+                          block.snapshot_id, block.snapshot_tier, block.page_used, block.snapshot_used, block.branched)
                 for block in hit.blocks
             ]
             return hit, entries
 
     def adopt_blocks(self, entries: list[tuple]) -> dict[bytes, tuple[list[torch.Tensor], list[torch.Tensor] | None]]:
         """Add blocks read from a file to an empty bound store, without evicting: `entries` are (key,
-        parent_key, has_snapshot, page_used, snapshot_used), least recently used first, parents present
+        parent_key, has_snapshot, page_used, snapshot_used, branched), least recently used first, parents present
         among them, their slots within the budget. Returns per key the page and snapshot slot views to fill."""
         with self._lock:
             if self._blocks or self._reserved:
                 raise ValueError("adopt_blocks fills an empty store")
             views, adopted = {}, []
-            for key, parent_key, has_snapshot, page_used, snapshot_used in reversed(entries):
+            for key, parent_key, has_snapshot, page_used, snapshot_used, branched in reversed(entries):
                 parent = self._blocks[parent_key] if parent_key is not None else None
                 block = Block(key=key, parent=parent, page_id=self._device.pages.allocate(), depth=parent.depth + 1 if parent else 1,
-                              page_used=page_used, snapshot_used=snapshot_used)
+                              page_used=page_used, snapshot_used=snapshot_used, branched=branched)
                 if has_snapshot:
                     block.snapshot_id = self._device.snapshots.allocate()
                 if parent is not None:

@@ -65,6 +65,26 @@ def test_round_trip_serves_hits_equal_to_cold(model, cold_model, tmp_path):
     assert_same_as_cold(output, cold_generate(cold_model, prompt[None]))
 
 
+def _branch_points(store) -> dict[bytes, bool]:
+    held, entries = store.hold_all()
+    store.release(held)
+    return {entry.key: entry.branched for entry in entries}
+
+
+def test_branch_points_survive_a_reload(model, tmp_path):
+    """Eviction ranks a former branch point apart from a chain (`eviction.py`): the flag is saved. Files
+    written before it existed load with none."""
+    shared = random_tokens(64, seed=1)
+    store = _filled_store(model, [torch.cat([shared, random_tokens(40, seed=seed)]) for seed in (2, 3)])
+    path = tmp_path / "store.safetensors"
+    store.save(path)
+    saved = _branch_points(store)
+    assert sum(saved.values()) == 1  # the shared prompt's last block
+    assert _branch_points(hhc.PrefixStore.load(path)) == saved
+    _rewrite_index(path, lambda index: [block.pop("branched") for block in index["blocks"]])
+    assert not any(_branch_points(hhc.PrefixStore.load(path)).values())
+
+
 FRESH_PROCESS = """
 import sys, torch
 sys.path.insert(0, {tests!r})
@@ -172,7 +192,11 @@ def _lie_key(index):
     index["blocks"][0]["key"] = "not hex"
 
 
-@pytest.mark.parametrize("lie", [_lie_parent, _lie_row, _lie_shared_row, _lie_layout, _lie_version, _lie_key],
+def _lie_branched(index):
+    index["blocks"][0]["branched"] = "yes"
+
+
+@pytest.mark.parametrize("lie", [_lie_parent, _lie_row, _lie_shared_row, _lie_layout, _lie_version, _lie_key, _lie_branched],
                          ids=lambda lie: lie.__name__.removeprefix("_lie_"))
 def test_an_index_that_lies_is_refused(model, tmp_path, lie):
     path = tmp_path / "store.safetensors"
