@@ -2,7 +2,7 @@
 at 0 %, 50 % and 87.5 % of the prompt cached, side by side in one run; and a cold run on the uncached eighth
 alone, the floor a hit approaches (only attention over the cached keys is left).
 
-    .venv/bin/python benchmarks/ttft.py [--rounds 7] [--prompt-len 2048] [--block-size 256]
+    .venv/bin/python benchmarks/ttft.py [--rounds 21] [--prompt-len 2048] [--block-size 256]
 
 Every variant runs once per round, in an order rotated each round; ratios are taken within a round and
 the median over rounds is printed (shared/NOTES.md, "Measuring"). Run it on a quiet machine.
@@ -57,7 +57,7 @@ def timed_generate(model, input_ids, make_cache, max_new_tokens):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=21, help="paired rounds; the ratios near their bounds need about 20")
     parser.add_argument("--prompt-len", type=int, default=2048)
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--mode", default="align", choices=["align", "all"])

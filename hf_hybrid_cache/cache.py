@@ -50,8 +50,9 @@ class HybridPrefixCache(Cache):
         if namespace is not None and not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str or None, got {type(namespace).__name__}")
         self.store = store if store is not None else get_default_store()
-        self.layout = model_layout(model)
-        fingerprint = model_fingerprint(model)
+        params = list(model.parameters())  # one walk of the module tree for both checks
+        self.layout = model_layout(model, params)
+        fingerprint = model_fingerprint(model, params)
         self.store.bind(self.layout, fingerprint)
         self.model = model
         self.namespace = namespace

@@ -33,11 +33,14 @@ class _Fingerprint:
         return all(torch.equal(torch.cat(views), self.samples[device]) for device, views in self.sample_views.items())
 
 
-def model_fingerprint(model: torch.nn.Module) -> bytes:
+def model_fingerprint(model: torch.nn.Module, params: list[torch.Tensor] | None = None) -> bytes:
     """Digest of the config, dtypes, devices and a sample of every parameter's values (the first and last
     `SAMPLE_SIZE` of each tensor: reading all weights of an 80B model would take seconds, and these tell two
-    checkpoints or random initialisations apart). Memoized on the model; see the module docstring."""
-    params = list(model.parameters())
+    checkpoints or random initialisations apart). Memoized on the model; see the module docstring.
+
+    `params`: `list(model.parameters())` when the caller has it already (walking the module tree is most of
+    the cost of a memoized call)."""
+    params = list(model.parameters()) if params is None else params
     memo = getattr(model, "_hf_hybrid_cache_fingerprint", None)
     if memo is not None and memo.still_valid(params):
         return memo.fingerprint

@@ -127,12 +127,14 @@ class ModelLayout:
         )
 
 
-def model_layout(model: torch.nn.Module) -> ModelLayout:
+def model_layout(model: torch.nn.Module, params: list[torch.Tensor] | None = None) -> ModelLayout:
     """`probe_layout(model)`, probed again only when a parameter changed dtype or device since the last call.
+    `params`: `list(model.parameters())` when the caller has it already.
 
     Raises ValueError for a model whose weights are not loaded (on the meta device).
     """
-    placement = tuple((param.dtype, param.device) for param in model.parameters())
+    params = list(model.parameters()) if params is None else params
+    placement = tuple((param.dtype, param.device) for param in params)
     if any(device.type == "meta" for _, device in placement):
         raise ValueError(
             f"{type(model).__name__} has parameters on the meta device (not loaded): load the weights (or "
