@@ -6,6 +6,7 @@ layer types `cache_utils.DYNAMIC_LAYER_TYPE_MAPPING` knows is described this way
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from transformers.cache_utils import (
@@ -63,17 +64,17 @@ class ModelLayout:
     num_layers: int
     layers: tuple[LayerSpec, ...]
 
-    @property
+    @cached_property  # the layout is frozen; the cache, hooks and store read these on every step
     def attention(self) -> tuple[LayerSpec, ...]:
         """Layers with K/V, whose pages a block holds."""
         return tuple(layer for layer in self.layers if layer.kv is not None)
 
-    @property
+    @cached_property
     def recurrent(self) -> tuple[LayerSpec, ...]:
         """Layers with recurrent states, whose snapshots a block may hold."""
         return tuple(layer for layer in self.layers if layer.states)
 
-    @property
+    @cached_property
     def state_specs(self) -> tuple[StateSpec, ...]:
         """Every recurrent state of the model, in the order snapshots store them."""
         return tuple(state for layer in self.recurrent for state in layer.states)
