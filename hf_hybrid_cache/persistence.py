@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from .eviction import EVICTION_POLICIES
 from .layout import ModelLayout
 from .modes import MAMBA_CACHE_MODES
+from .tiers import DEVICE
 
 FORMAT = "hf_hybrid_cache.prefix_store"
 FORMAT_VERSION = 1
@@ -262,13 +263,14 @@ def _check_tensors(file, store, blocks: list[SavedBlock]) -> None:
 
 
 def _load_blocks(file, store, blocks: list[SavedBlock], path: Path) -> None:
-    """Adopt the most recently used blocks that fit the budget, copy their slots tensor by tensor, and drop
+    """Adopt the most recently used blocks that fit the budgets, copy their slots tensor by tensor, and drop
     (with a warning) every entry whose checksum does not match, with the blocks below a dropped page."""
-    kept = _select(store, blocks)
+    placed = _select(store, blocks)
     views = store.adopt_blocks(
-        [(block.key, block.parent, block.snapshot is not None, block.page_used, block.snapshot_used, block.branched)
-         for block in kept]
+        [(block.key, block.parent, page_tier, snapshot_tier, block.page_used, block.snapshot_used, block.branched)
+         for block, page_tier, snapshot_tier in placed]
     )
+    kept = [block for block, _, _ in placed]
     crcs = {block.key: [0, 0] for block in kept}
     for kind, position in (("page", 0), ("snapshot", 1)):
         for j in range(len(store.page_specs if kind == "page" else store.snapshot_specs)):
@@ -293,19 +295,31 @@ def _load_blocks(file, store, blocks: list[SavedBlock], path: Path) -> None:
         )
 
 
-def _select(store, blocks: list[SavedBlock]) -> list[SavedBlock]:
-    """The most recently used blocks (and snapshots) that fit the store's budget, parents always kept with
-    their children; returned least recently used first, as saved."""
-    kept, kept_keys, num_bytes = [], set(), 0
+def _select(store, blocks: list[SavedBlock]) -> list[tuple[SavedBlock, int, int | None]]:
+    """The most recently used blocks (and snapshots) that fit the store, in the device tier first and then
+    the host tier, parents always kept with their children. Returns (block, page tier, snapshot tier or None
+    for none), least recently used first, as saved."""
+    budgets = [store.max_bytes] + ([store.host_bytes] if store.host_bytes else [])
+    used = [0] * len(budgets)
+
+    def place(num_bytes: int, first_tier: int) -> int | None:
+        for tier in range(first_tier, len(budgets)):
+            if used[tier] + num_bytes <= budgets[tier]:
+                used[tier] += num_bytes
+                return tier
+        return None
+
+    kept, page_tiers = [], {}
     for block in reversed(blocks):  # most recent first: parents come before their children
-        if (block.parent is not None and block.parent not in kept_keys) or num_bytes + store.page_bytes > store.max_bytes:
+        if block.parent is not None and block.parent not in page_tiers:
             continue
-        num_bytes += store.page_bytes
-        if block.snapshot is not None:
-            if num_bytes + store.snapshot_bytes <= store.max_bytes:
-                num_bytes += store.snapshot_bytes
-            else:
-                block = replace(block, snapshot=None, snapshot_crc=None)
-        kept.append(block)
-        kept_keys.add(block.key)
+        # No page above its parent's tier: chains leave the device from their tail, as eviction moves them.
+        page_tier = place(store.page_bytes, page_tiers.get(block.parent, DEVICE))
+        if page_tier is None:
+            continue
+        snapshot_tier = place(store.snapshot_bytes, page_tier) if block.snapshot is not None else None
+        if snapshot_tier is None:
+            block = replace(block, snapshot=None, snapshot_crc=None)
+        page_tiers[block.key] = page_tier
+        kept.append((block, page_tier, snapshot_tier))
     return kept[::-1]

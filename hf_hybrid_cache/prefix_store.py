@@ -516,10 +516,10 @@ class PrefixStore:
         host_bytes: int | None = None,
         device: str | torch.device | None = None,
     ) -> "PrefixStore":
-        """A store with the blocks `save` wrote to `path`: the most recently used ones that fit `max_bytes`
-        (None: the saved budget), all in the device tier; `host_bytes` (None: as saved) sizes the new store's
-        host tier. `device`: where every tensor goes instead of where it was saved (for example "cpu" for a
-        file saved on a GPU).
+        """A store with the blocks `save` wrote to `path`: the most recently used ones that fit, in the device
+        tier within `max_bytes` and then in the host tier within `host_bytes` (None: the saved budgets).
+        `device`: where every tensor goes instead of where it was saved (for example "cpu" for a file saved on
+        a GPU).
 
         Raises FileNotFoundError, or ValueError naming the file when it is truncated, not a prefix store or
         inconsistent with its own index. Entries whose checksum fails are dropped with a warning and never
@@ -545,23 +545,26 @@ class PrefixStore:
 
     def adopt_blocks(self, entries: list[tuple]) -> dict[bytes, tuple[list[torch.Tensor], list[torch.Tensor] | None]]:
         """Add blocks read from a file to an empty bound store, without evicting: `entries` are (key,
-        parent_key, has_snapshot, page_used, snapshot_used, branched), least recently used first, parents present
-        among them, their slots within the budget. Returns per key the page and snapshot slot views to fill."""
+        parent_key, page_tier, snapshot_tier (None: no snapshot), page_used, snapshot_used, branched), least
+        recently used first, parents present among them, their slots within each tier's budget. Returns per
+        key the page and snapshot slot views to fill."""
         with self._lock:
             if self._blocks or self._reserved:
                 raise ValueError("adopt_blocks fills an empty store")
             views, adopted = {}, []
-            for key, parent_key, has_snapshot, page_used, snapshot_used, branched in reversed(entries):
+            for key, parent_key, page_tier, snapshot_tier, page_used, snapshot_used, branched in reversed(entries):
                 parent = self._blocks[parent_key] if parent_key is not None else None
-                block = Block(key=key, parent=parent, page_id=self._device.pages.allocate(), depth=parent.depth + 1 if parent else 1,
-                              page_used=page_used, snapshot_used=snapshot_used, branched=branched)
-                if has_snapshot:
-                    block.snapshot_id = self._device.snapshots.allocate()
+                block = Block(key=key, parent=parent, page_id=self._tiers[page_tier].pages.allocate(), page_tier=page_tier,
+                              depth=parent.depth + 1 if parent else 1, page_used=page_used, snapshot_used=snapshot_used,
+                              branched=branched)
+                if snapshot_tier is not None:
+                    block.snapshot_id, block.snapshot_tier = self._tiers[snapshot_tier].snapshots.allocate(), snapshot_tier
                 if parent is not None:
                     parent.num_children += 1
                 self._blocks[key] = block
                 adopted.append(block)
-                views[key] = (self.page_views(block.page_id), self.snapshot_views(block.snapshot_id) if has_snapshot else None)
+                snapshot = self.snapshot_views(block.snapshot_id, snapshot_tier) if snapshot_tier is not None else None
+                views[key] = (self.page_views(block.page_id, page_tier), snapshot)
             self._blocks = OrderedDict((block.key, block) for block in reversed(adopted))
             self._clock = max((max(block.page_used, block.snapshot_used) for block in adopted), default=0)
             return views

@@ -1,5 +1,5 @@
 """Hits served from the host tier equal cold runs, for every path's family kind and both policies; a saved
-store holds its host-tier blocks too."""
+store holds its host-tier blocks too, and loads them back into a host tier."""
 
 import pytest
 from cold_oracle import assert_same_as_cold, cold_generate, generate, random_tokens
@@ -43,4 +43,12 @@ def test_hits_from_the_host_tier_equal_cold(family, eviction, tmp_path):
     cache = hhc.HybridPrefixCache(model, store=loaded)
     output = generate(model, PROMPTS[0][None], cache)
     assert cache.num_cached_tokens == expected
+    assert_same_as_cold(output, cold_generate(cold_model, PROMPTS[0][None]))
+
+    restored = hhc.PrefixStore.load(tmp_path / "store.safetensors")  # both tiers, with the saved budgets
+    restored.check_invariants()
+    assert restored.stats()["blocks"] == store.stats()["blocks"] and restored.stats()["tiers"]["host"]["blocks"] > 0
+    cache = hhc.HybridPrefixCache(model, store=restored)
+    output = generate(model, PROMPTS[0][None], cache)  # the least recently used prompt: loaded into the host tier
+    assert cache.num_cached_tokens == expected and restored.stats()["tiers"]["device"]["promotions"] > 0
     assert_same_as_cold(output, cold_generate(cold_model, PROMPTS[0][None]))
