@@ -57,11 +57,11 @@ def save_store(store, path) -> None:
     path = Path(path)
     held, entries = store.hold_all()
     try:
-        index, tensors = _describe(store, entries)
+        index, tensors, crc_rows = _describe(store, entries)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             with open(tmp, "wb") as file:
-                _write_safetensors(file, tensors, {"format": FORMAT, "index": json.dumps(index)})
+                _write_safetensors(file, tensors, index, crc_rows)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
@@ -73,18 +73,19 @@ def save_store(store, path) -> None:
 
 
 def _describe(store, entries):
-    """The JSON index and, per safetensors tensor, (name, dtype, shape, rows as lists of slot views)."""
+    """The JSON index (checksums still to fill in), per safetensors tensor (name, dtype, shape, rows as slot
+    views), and per tensor the index record and field each row's bytes go into the checksum of."""
     pages = [store.page_views(entry.page_id, entry.page_tier) for entry in entries]
     snapshots = [
         store.snapshot_views(entry.snapshot_id, entry.snapshot_tier) for entry in entries if entry.snapshot_id is not None
     ]
-    blocks, snapshot_row = [], 0
-    for entry, page in zip(entries, pages):
+    blocks, snapshot_records = [], []
+    for entry in entries:
         record = dict(
             key=entry.key.hex(),
             parent=entry.parent_key.hex() if entry.parent_key else None,
             page=len(blocks),
-            page_crc=_checksum(page),
+            page_crc=0,
             snapshot=None,
             snapshot_crc=None,
             page_used=entry.page_used,
@@ -92,8 +93,8 @@ def _describe(store, entries):
             branched=entry.branched,
         )
         if entry.snapshot_id is not None:
-            record.update(snapshot=snapshot_row, snapshot_crc=_checksum(snapshots[snapshot_row]))
-            snapshot_row += 1
+            record.update(snapshot=len(snapshot_records), snapshot_crc=0)
+            snapshot_records.append(record)
         blocks.append(record)
     index = dict(
         format_version=FORMAT_VERSION,
@@ -106,38 +107,54 @@ def _describe(store, entries):
         layout=store.layout.to_dict() if store.layout else None,
         blocks=blocks,
     )
-    tensors = []
-    for kind, rows, specs in (("page", pages, store.page_specs), ("snapshot", snapshots, store.snapshot_specs)):
+    tensors, crc_rows = [], []
+    for kind, rows, records, specs in (
+        ("page", pages, blocks, store.page_specs), ("snapshot", snapshots, snapshot_records, store.snapshot_specs)
+    ):
         for j, spec in enumerate(specs):
             tensors.append((f"{kind}.{j}", spec.dtype, (len(rows), *spec.shape), [row[j] for row in rows]))
-    return index, tensors
+            crc_rows.append([(record, f"{kind}_crc") for record in records])
+    return index, tensors, crc_rows
 
 
-def _write_safetensors(file, tensors, metadata: dict[str, str]) -> None:
-    """The safetensors layout: 8-byte little-endian header length, JSON header (padded to 8), raw data."""
-    header, offset = {"__metadata__": metadata}, 0
+def _write_safetensors(file, tensors, index: dict, crc_rows) -> None:
+    """The safetensors layout: 8-byte little-endian header length, JSON header (padded to 8), raw data.
+
+    Each slot is read once: its bytes are written and added to its block's CRC32 (tensor by tensor, as `load`
+    checks them), and the header, written first with the widest CRC in every place, is rewritten over
+    itself at the end, padded with spaces to the same length.
+    """
+    header, offset = {}, 0
     for name, dtype, shape, rows in tensors:
         num_bytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
         header[name] = dict(dtype=SAFETENSORS_DTYPES[dtype], shape=list(shape), data_offsets=[offset, offset + num_bytes])
         offset += num_bytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    file.write(len(encoded).to_bytes(8, "little"))
-    file.write(encoded)
-    for _, _, _, rows in tensors:
-        for row in rows:
-            file.write(_as_bytes(row))
+
+    def encode() -> bytes:
+        header["__metadata__"] = {"format": FORMAT, "index": json.dumps(index)}
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    checksums = [(record, field) for records in crc_rows for record, field in records]
+    for record, field in checksums:
+        record[field] = 0xFFFFFFFF  # the widest a CRC32 prints: the final header can only be shorter
+    reserved = encode()
+    reserved += b" " * (-len(reserved) % 8)
+    file.write(len(reserved).to_bytes(8, "little"))
+    file.write(reserved)
+    for record, field in checksums:
+        record[field] = 0
+    for (_, _, _, rows), records in zip(tensors, crc_rows):
+        for row, (record, field) in zip(rows, records):
+            data = _as_bytes(row)
+            record[field] = zlib.crc32(data, record[field])
+            file.write(data)
+    file.seek(8)
+    file.write(encode().ljust(len(reserved)))
 
 
 def _as_bytes(tensor: torch.Tensor):
     """The tensor's bytes as a host buffer (any dtype, bf16 included)."""
     return tensor.detach().contiguous().cpu().view(torch.uint8).numpy()
-
-
-def _checksum(tensors: list[torch.Tensor], crc: int = 0) -> int:
-    for tensor in tensors:
-        crc = zlib.crc32(_as_bytes(tensor), crc)
-    return crc
 
 
 # -- loading -------------------------------------------------------------------------------------------------

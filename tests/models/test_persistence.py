@@ -213,8 +213,9 @@ def test_an_interrupted_save_leaves_the_previous_file(model, tmp_path, monkeypat
     bigger = _filled_store(model, [random_tokens(100, seed=1), random_tokens(80, seed=3)])
     real_write = persistence._write_safetensors
 
-    def crash_halfway(file, tensors, metadata):
-        real_write(file, tensors[: len(tensors) // 2], metadata)
+    def crash_halfway(file, tensors, index, crc_rows):
+        half = len(tensors) // 2
+        real_write(file, tensors[:half], index, crc_rows[:half])
         raise KeyboardInterrupt
 
     monkeypatch.setattr(persistence, "_write_safetensors", crash_halfway)
