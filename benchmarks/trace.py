@@ -125,8 +125,10 @@ class FutureStore(hhc.PrefixStore):
             has_snapshot = block.snapshot_id is not None
             if has_snapshot:
                 candidates.append((next_hit.get(block.key, never), 1, Victim(block, snapshot_only=True)))
-            if pages_may_go(block):
-                candidates.append((next_hit.get(block.key, never) if has_snapshot else never, 0 if has_snapshot else 2, Victim(block)))
+            if pages_may_go(block) and has_snapshot:
+                candidates.append((next_hit.get(block.key, never), 0, Victim(block)))
+            elif pages_may_go(block):  # a leaf page past the last snapshot: no hit can use it
+                candidates.append((never, 2, Victim(block)))
         return max(candidates, key=lambda c: c[:2])[2] if candidates else None
 
 
@@ -191,7 +193,8 @@ def main():
     if args.future:
         root = hhc.HybridPrefixCache(model, store=probe)._root
         paths = [block_keys(root, prompt[:-1], args.block_size) for _, prompt, _, _ in requests]
-        store = FutureStore(paths, block_size=args.block_size, mamba_cache_mode="branch", max_bytes=budget * probe.snapshot_bytes)
+        store = FutureStore(paths, block_size=args.block_size, mamba_cache_mode="branch",
+                            max_bytes=budget * probe.snapshot_bytes)
         future, _ = run(model, store, events, chat_systems, document)
         print(f"  branch with an eviction that knows every future request: {future:.3f} = {future / oracle:.2f} of the oracle")
     if args.breakdown and (budget, "branch", "cost") in breakdowns:

@@ -3,8 +3,8 @@
 The file is plain safetensors, written slot by slot (no copy of the whole store in memory): per page tensor
 `page.{j}` `[num_pages, *page_shape]`, per snapshot tensor `snapshot.{j}` `[num_snapshots, *state_shape]`,
 and in the header's metadata a JSON index (format version, block size, mode, layout, model fingerprints, and
-per block its key, parent, rows, CRC32 per saved slot, recency and whether it was a branch point). Never pickle. Writes go to a temporary
-file renamed over the target, so a crash leaves the previous file or none.
+per block its key, parent, rows, CRC32 per saved slot, recency and whether it was a branch point). Never
+pickle. Writes go to a temporary file renamed over the target, so a crash leaves the previous file or none.
 """
 
 import json
@@ -73,8 +73,9 @@ def save_store(store, path) -> None:
 
 
 def _describe(store, entries):
-    """The JSON index (checksums still to fill in), per safetensors tensor (name, dtype, shape, rows as slot
-    views), and per tensor the index record and field each row's bytes go into the checksum of."""
+    """The JSON index (checksums still to fill in); per safetensors tensor its name, dtype, shape and rows (slot
+    views); and per tensor, for each row, the index record and field ("page_crc" or "snapshot_crc") whose
+    checksum the row's bytes go into."""
     pages = [store.page_views(entry.page_id, entry.page_tier) for entry in entries]
     snapshots = [
         store.snapshot_views(entry.snapshot_id, entry.snapshot_tier) for entry in entries if entry.snapshot_id is not None

@@ -554,11 +554,12 @@ class PrefixStore:
             views, adopted = {}, []
             for key, parent_key, page_tier, snapshot_tier, page_used, snapshot_used, branched in reversed(entries):
                 parent = self._blocks[parent_key] if parent_key is not None else None
-                block = Block(key=key, parent=parent, page_id=self._tiers[page_tier].pages.allocate(), page_tier=page_tier,
-                              depth=parent.depth + 1 if parent else 1, page_used=page_used, snapshot_used=snapshot_used,
-                              branched=branched)
+                block = Block(key=key, parent=parent, page_id=self._tiers[page_tier].pages.allocate(),
+                              page_tier=page_tier, depth=parent.depth + 1 if parent else 1, page_used=page_used,
+                              snapshot_used=snapshot_used, branched=branched)
                 if snapshot_tier is not None:
-                    block.snapshot_id, block.snapshot_tier = self._tiers[snapshot_tier].snapshots.allocate(), snapshot_tier
+                    block.snapshot_id = self._tiers[snapshot_tier].snapshots.allocate()
+                    block.snapshot_tier = snapshot_tier
                 if parent is not None:
                     parent.num_children += 1
                 self._blocks[key] = block
