@@ -4,8 +4,6 @@ Small settings (8 new tokens, 16-token blocks, the test-sized tiny model) keep t
 """
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from server_support import free_port, stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # demo/ is not installed with the package: the in-process tests import it from the checkout.
 sys.path.insert(0, str(REPO_ROOT))
 # Importing torch, transformers and gradio on a busy 2-core machine can take a minute.
 STARTUP_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path) -> None:
@@ -47,7 +40,7 @@ def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path) -> 
 def demo_url(tmp_path_factory) -> str:
     """URL of a running demo; the process is killed when the session ends, whatever happened."""
     pytest.importorskip("gradio", reason="the demo needs the [demo] extra: pip install -e '.[demo]'")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     log_path = tmp_path_factory.mktemp("demo") / "app.log"
     command = [sys.executable, "demo/app.py", "--host", "127.0.0.1", "--port", str(port)]
@@ -62,9 +55,4 @@ def demo_url(tmp_path_factory) -> str:
         yield url
     finally:
         # Its own process group: gradio's worker threads and any child go with it.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout=15)

@@ -5,8 +5,6 @@ get the plain server's errors. Both servers are stopped whatever happens."""
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +13,12 @@ from pathlib import Path
 
 import openai
 import pytest
+from server_support import free_port, stop_process_group
 
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SYSTEM = "You are a terse assistant. Answer in one line. " * 12  # ~600 byte-level tokens
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(command: list[str], port: int, log_path: Path) -> subprocess.Popen:
@@ -47,16 +40,6 @@ def wait_until_up(process: subprocess.Popen, port: int, log_path: Path, timeout:
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"server on port {port} did not come up:\n{log_path.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +64,7 @@ def servers(tmp_path_factory):
         yield str(model_dir), *clients, ports[0]
     finally:
         for process in processes:
-            stop(process)
+            stop_process_group(process)
 
 
 def chat(client, model, messages, **kwargs):
@@ -141,7 +124,7 @@ def test_store_flag_keeps_the_store_across_restarts(servers, tmp_path):
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
             reply = chat(client, model, messages)
         finally:
-            stop(process)
+            stop_process_group(process)
         # Saved after the response: the restarted server is served this turn from the file.
         assert path.exists() and (run == 0) == (reply.usage.prompt_tokens_details.cached_tokens == 0)
     assert "loaded" in (tmp_path / "run-1.log").read_text()
