@@ -21,8 +21,8 @@ import warnings
 import torch
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.eviction import EVICTION_POLICIES, Victim
-from hf_hybrid_cache.hashing import block_keys
+from hf_hybrid_cache.store.eviction import EVICTION_POLICIES, EvictionPolicy, Victim
+from hf_hybrid_cache.store.hashing import block_keys
 from hf_hybrid_cache.tiny import tiny_qwen3_next
 
 warnings.filterwarnings("ignore")
@@ -92,26 +92,25 @@ def oracle_hits(requests, block_size: int) -> list[int]:
     return hits
 
 
-class FutureStore(hhc.PrefixStore):
-    """A store whose eviction knows every request to come (`paths`: their usable block keys, in order): it
-    evicts the entry whose next hit is farthest away (Belady's rule, one tier), leaf pages past the last
-    snapshot first. A reference for how much any eviction policy could serve, not a policy: a server does
-    not know its future requests."""
+class FutureEviction(EvictionPolicy):
+    """An eviction that knows every request to come (`paths`: their usable block keys, in order): it evicts
+    the entry whose next hit is farthest away (Belady's rule, one tier), leaf pages past the last snapshot
+    first. A reference for how much any eviction policy could serve, not a policy: a server does not know
+    its future requests."""
 
-    def __init__(self, paths: list[list[bytes]], **kwargs):
-        super().__init__(**kwargs)
+    name = "future"
+
+    def __init__(self, paths: list[list[bytes]]):
         self.paths, self.num_lookups = paths, 0
 
-    def lookup(self, *args, **kwargs):
-        self.num_lookups += 1
-        return super().lookup(*args, **kwargs)
-
-    def _victim(self, tier, pages_may_go):
+    def victim(self, blocks, holds, may_go):
+        blocks = list(blocks)
+        by_key = {block.key: block for block in blocks}
         next_hit = {}  # block key -> index of the next request whose deepest stored snapshot it holds
         for request_idx in range(self.num_lookups, len(self.paths)):
             deepest = None
             for key in self.paths[request_idx]:
-                block = self._blocks.get(key)
+                block = by_key.get(key)
                 if block is None:
                     break
                 if block.snapshot_id is not None:
@@ -119,17 +118,33 @@ class FutureStore(hhc.PrefixStore):
             next_hit.setdefault(deepest, request_idx)
         never = len(self.paths)
         candidates = []
-        for block in self._blocks.values():
+        for block in blocks:
             if block.num_pins:
                 continue
             has_snapshot = block.snapshot_id is not None
             if has_snapshot:
                 candidates.append((next_hit.get(block.key, never), 1, Victim(block, snapshot_only=True)))
-            if pages_may_go(block) and has_snapshot:
+            if may_go(block) and has_snapshot:
                 candidates.append((next_hit.get(block.key, never), 0, Victim(block)))
-            elif pages_may_go(block):  # a leaf page past the last snapshot: no hit can use it
+            elif may_go(block):  # a leaf page past the last snapshot: no hit can use it
                 candidates.append((never, 2, Victim(block)))
         return max(candidates, key=lambda c: c[:2])[2] if candidates else None
+
+
+class FutureStore(hhc.PrefixStore):
+    """A one-tier store evicting with `FutureEviction`."""
+
+    def __init__(self, paths: list[list[bytes]], **kwargs):
+        super().__init__(**kwargs)
+        self.future = FutureEviction(paths)
+
+    def bind(self, layout, model_fingerprint=None):
+        super().bind(layout, model_fingerprint)
+        self._tiers.policy = self.future
+
+    def lookup(self, *args, **kwargs):
+        self.future.num_lookups += 1
+        return super().lookup(*args, **kwargs)
 
 
 def print_breakdown(requests, oracle: list[int]) -> None:

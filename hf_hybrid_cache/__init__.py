@@ -12,9 +12,9 @@ Hugging Face transformers.
     hhc.cached_tokens(input_ids)
 """
 
-from .auto import cached_tokens
 from .cache import HybridPrefixCache
+from .integrations.auto import cached_tokens
 from .patching import patch
-from .prefix_store import PrefixStore, get_default_store, set_default_store
+from .store import PrefixStore, get_default_store, set_default_store
 
 __all__ = ["HybridPrefixCache", "PrefixStore", "cached_tokens", "get_default_store", "patch", "set_default_store"]

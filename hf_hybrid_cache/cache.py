@@ -3,8 +3,8 @@
 Its layers are transformers' own, built from `config.layer_types` exactly as `DynamicCache` builds them;
 this class adds the request's bookkeeping: the position of the live state, the recurrent-state snapshots
 taken at block boundaries (inside a one-pass forward, or at the end of a step) and written straight into
-store slots reserved for them, the restore of a hit and the publish of the request's blocks. The lookup
-before generate and the publish after it are driven by `patching.py`.
+store slots reserved for them, the restore of a hit and the publish of the request's blocks. When each
+happens is `request.py`'s decision.
 """
 
 import warnings
@@ -12,13 +12,13 @@ import warnings
 import torch
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, Cache, get_layer_types_and_kwargs
 
-from .display import html_table, store_rows
-from .fingerprint import model_fingerprint
-from .hashing import block_keys, root_key
+from .integrations.display import html_table, store_rows
 from .layout import model_layout
-from .modes import saved_boundaries
-from .prefix_store import Hit, PrefixStore, get_default_store
-from .vision import MediaItem, block_extras, may_end_after
+from .models.keying import TEXT, PromptKeying
+from .store.fingerprint import model_fingerprint
+from .store.hashing import block_keys, root_key
+from .store.modes import saved_boundaries
+from .store.prefix_store import Hit, PrefixStore, get_default_store
 
 
 class HybridPrefixCache(Cache):
@@ -212,23 +212,22 @@ class HybridPrefixCache(Cache):
                 states.append(tensors[state.state_idx][0])
         return states
 
-    # -- the generate side (see patching.py) ---------------------------------------------------------------
+    # -- the request's side (see request.py) ---------------------------------------------------------------
 
     def begin_request(
-        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, media: list[MediaItem] = ()
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, keying: PromptKeying | None = TEXT
     ) -> None:
         """Before generate: restore the longest cached prefix of `input_ids` `[batch, prompt_len]`.
 
-        `media`: the prompt's images and videos (see `vision.py`): their content enters the block keys, and
-        a hit never ends inside one.
+        `keying`: what the block keys digest beyond token ids and where a hit may end (`models/keying.py`);
+        None: the keys cannot see all of the request's inputs, so nothing is looked up or published.
         """
         self._in_request = True
         self.num_cached_tokens = 0
         self._pending, self._refused, self._decode_boundary, self._branch_point = {}, set(), None, 0
         self._num_stored_blocks = 0
         self._recording = False
-        self._block_extras = block_extras(media, self.store.block_size)
-        if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
+        if keying is None or input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
             return
         if attention_mask is not None and not bool(attention_mask.all()):
             return  # padded rows shift positions; such requests run uncached
@@ -243,11 +242,12 @@ class HybridPrefixCache(Cache):
                 )
         # A model without recurrent layers hits at every block whatever the mode.
         self._recording = self.store.mamba_cache_mode != "none" or not self.store.needs_snapshots
+        self._block_extras = keying.block_extras(self.store.block_size)
         if past or not self._recording:
             return
         # A hit must leave at least one token to compute: the first new token needs logits.
         keys = block_keys(self._root, prompt[: self._prompt_len - 1], self.store.block_size, self._block_extras)
-        ends = may_end_after(media, self.store.block_size, len(keys)) if media else None
+        ends = keying.may_end_after(self.store.block_size, len(keys))
         self._hit = self.store.lookup(keys, num_query_tokens=self._prompt_len, may_end_after=ends)
         if self._hit.blocks:
             self._restore(self._hit)

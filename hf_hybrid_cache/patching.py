@@ -1,34 +1,27 @@
-"""`patch(model)`: the mixers we have an adapter for (`adapters.py`: gated-delta-rule layers on our one-pass
-kernels, Jamba's Mamba layer made to continue from a cached state), and a `generate` that serves and feeds
-the prefix store.
+"""`patch(model)`: the mixers we have an adapter for (`models/registry.py`: gated-delta-rule layers on our
+one-pass kernels, Jamba's Mamba layer made to continue from a cached state), and a `generate` that hands
+each request on a `HybridPrefixCache` to `request.py`.
 
 Two paths, picked per model. One-pass: every recurrent layer is one of our GatedDeltaNets, whose forward
 hands over the states at block boundaries inside a prefill. Generic: any other recurrent layer (Mamba,
 Mamba2, short convs, KDA ...) runs transformers' own forward, and the prefill is split at exactly the
 boundaries the mode saves. Models without recurrent layers need neither.
 The wrapped `generate` acts when the cache passed in is a `HybridPrefixCache`, or when none is passed and
-auto mode is on (`auto.py`); anything else goes straight to transformers' own `generate`.
+auto mode is on (`integrations/auto.py`); anything else goes straight to transformers' own `generate`.
 """
 
-import inspect
 import types
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
 
-from . import auto as auto_mode
-from . import vision
-from .adapters import is_one_pass_mixer, patched_mixer_class
 from .cache import HybridPrefixCache
+from .integrations import auto as auto_mode
 from .layout import SUPPORTED_CACHE_LAYERS
-from .prefix_store import PrefixStore
+from .models.registry import is_one_pass_mixer, patched_mixer_class
+from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest
+from .store.prefix_store import PrefixStore
 
-ONE_PASS = "one-pass"
-GENERIC = "generic"
-ATTENTION_ONLY = "attention-only"
-# Inputs whose content the block keys cannot see (except images and videos of the models `vision.py` knows):
-# such requests run uncached.
-UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "image_embeds", "inputs_embeds")
 SUPPORTED_MODELS = (
     "decoder-only models whose cache layers are full attention, recurrent states or both: gated-delta-rule "
     "families on our kernels (qwen3_next, qwen3_5, qwen3_5_moe, olmo_hybrid), Mamba2 / short-conv / KDA "
@@ -139,88 +132,7 @@ def _generate(self, *args, **kwargs):
     if cache is None and auto_mode.wants_cache(self, args, kwargs):
         kwargs.pop("past_key_values", None)
         cache = kwargs["cache"] = HybridPrefixCache(self, store=auto_mode.store_of(self))
-        return _generate_on(self, cache, args, kwargs, record_hit=True)
+        return PrefixRequest(self, cache, args, kwargs, record_hit=True).run()
     if not isinstance(cache, HybridPrefixCache):
         return type(self).generate(self, *args, **kwargs)
-    return _generate_on(self, cache, args, kwargs)
-
-
-def _generate_on(self, cache: HybridPrefixCache, args: tuple, kwargs: dict, record_hit: bool = False):
-    if cache.model is not self:
-        raise ValueError(
-            "This HybridPrefixCache was built for another model: create one per model, "
-            "HybridPrefixCache(model, store=...)."
-        )
-    _check_generation_settings(self, kwargs)
-    input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-    _check_input_ids(self, input_ids)
-    media = []
-    if vision.is_vision_model(self) and isinstance(input_ids, torch.Tensor) and input_ids.shape[0] == 1:
-        media = vision.media_items(self, input_ids, kwargs)
-    elif any(kwargs.get(name) is not None for name in UNKEYED_INPUTS):
-        media = None
-    requested_ids = input_ids
-    if media is None:
-        input_ids, media = None, []  # nothing to look up or publish: the keys would not see those inputs
-    try:
-        cache.begin_request(input_ids, kwargs.get("attention_mask"), media)
-        if record_hit:
-            # Before generating: a streaming caller reports usage as soon as generate's streamer ends.
-            auto_mode.record(requested_ids, cache.num_cached_tokens)
-        if cache.num_cached_tokens and vision.is_vision_model(self):
-            kwargs = vision.inputs_after_hit(self, kwargs, media, cache.num_cached_tokens)
-        if self._hf_hybrid_cache_path == GENERIC:
-            _prefill_to_boundaries(self, cache, input_ids)
-        output = type(self).generate(self, *args, **kwargs)
-    except BaseException:
-        # Interrupts included: nothing of a half-run request reaches the store.
-        cache.abort_request()
-        raise
-    sequences = output if isinstance(output, torch.Tensor) else getattr(output, "sequences", None)
-    cache.end_request(sequences)
-    return output
-
-
-@torch.no_grad()
-def _prefill_to_boundaries(model, cache: HybridPrefixCache, input_ids: torch.Tensor) -> None:
-    """Run the prompt up to each boundary the mode saves, one forward per stretch: the step hook then
-    snapshots the states there. Generate computes the rest of the prompt from the cache."""
-    boundaries = cache.prefill_boundaries()
-    if not boundaries:
-        return
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    for boundary in boundaries:
-        start = cache.num_seen_tokens
-        # Positions passed explicitly, as generate does: some families (Bamba) restart them at 0 otherwise.
-        positions = torch.arange(start, boundary, device=input_ids.device)[None]
-        model(input_ids=input_ids[:, start:boundary], position_ids=positions, cache=cache, use_cache=True, **extra)
-
-
-def _check_generation_settings(model, kwargs) -> None:
-    config = kwargs.get("generation_config") or model.generation_config
-    num_beams = kwargs.get("num_beams", config.num_beams) or 1
-    num_return_sequences = kwargs.get("num_return_sequences", config.num_return_sequences) or 1
-    if num_beams > 1 or num_return_sequences > 1:
-        raise ValueError(
-            f"HybridPrefixCache runs one sequence per prompt (got num_beams={num_beams}, "
-            f"num_return_sequences={num_return_sequences}). For beam search, generate without it "
-            "(past_key_values=None uses a DynamicCache); for several samples, call generate once per sample "
-            "with a new HybridPrefixCache each: the shared prompt is then served from the store."
-        )
-
-
-def _check_input_ids(model, input_ids) -> None:
-    if not isinstance(input_ids, torch.Tensor):
-        return  # inputs_embeds: nothing to look up, generate validates the rest
-    if input_ids.ndim != 2 or input_ids.numel() == 0:
-        raise ValueError(
-            f"input_ids must be a non-empty [batch, seq_len] tensor, got shape {tuple(input_ids.shape)}: "
-            "tokenize a non-empty prompt, e.g. tokenizer(text, return_tensors='pt').input_ids."
-        )
-    vocab_size = model.get_input_embeddings().num_embeddings
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab_size:
-        raise ValueError(
-            f"input_ids hold token ids in [{low}, {high}] but the model's vocabulary is [0, {vocab_size - 1}]: "
-            "use the tokenizer that belongs to this model."
-        )
+    return PrefixRequest(self, cache, args, kwargs).run()

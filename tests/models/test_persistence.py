@@ -14,7 +14,7 @@ from cold_oracle import assert_same_as_cold, cold_generate, generate, random_tok
 from safetensors.torch import save_file
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache import persistence
+from hf_hybrid_cache.store import persistence
 from hf_hybrid_cache.tiny import tiny_qwen3_next
 
 BLOCK_SIZE = 16

@@ -27,7 +27,7 @@ class CheckedPrefixStore(hhc.PrefixStore):
             was_bound = self.layout is not None
             super().bind(layout, model_fingerprint)
             if not was_bound:
-                for tier in self._tiers:
+                for tier in self._tiers.tiers:
                     for pool in (tier.pages, tier.snapshots):
                         pool.allocate = self._checked_allocate(pool.allocate, tier)
 
@@ -74,7 +74,7 @@ class CheckedPrefixStore(hhc.PrefixStore):
 
 def all_pins(store: hhc.PrefixStore) -> list[int]:
     with store._lock:
-        return [block.num_pins for block in store._blocks.values()]
+        return [block.num_pins for block in store._index]
 
 
 def assert_store_at_rest(store: hhc.PrefixStore) -> None:
@@ -84,8 +84,8 @@ def assert_store_at_rest(store: hhc.PrefixStore) -> None:
     assert stats["pinned_blocks"] == 0 and set(all_pins(store)) <= {0}
     assert stats["reserved_snapshots"] == 0
     assert stats["bytes_used"] <= stats["max_bytes"]
-    assert sum(tier.pages.num_used for tier in store._tiers) == stats["blocks"]
-    assert sum(tier.snapshots.num_used for tier in store._tiers) == stats["snapshots"]
+    assert sum(tier.pages.num_used for tier in store._tiers.tiers) == stats["blocks"]
+    assert sum(tier.snapshots.num_used for tier in store._tiers.tiers) == stats["snapshots"]
 
 
 def prompt_family(num_prompts: int, prefix_len: int, tail_len: int, seed: int) -> list[torch.Tensor]:

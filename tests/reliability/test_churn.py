@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.hashing import block_keys
+from hf_hybrid_cache.store.hashing import block_keys
 from reliability_support import CheckedPrefixStore, assert_same_as_cold, assert_store_at_rest, cold_generate, generate, random_tokens
 
 BASES = [random_tokens(64, seed=60 + i) for i in range(2)]

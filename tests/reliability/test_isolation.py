@@ -3,8 +3,8 @@ fingerprint are hashed into the root of every block key."""
 
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.fingerprint import model_fingerprint
-from hf_hybrid_cache.hashing import block_keys, root_key
+from hf_hybrid_cache.store.fingerprint import model_fingerprint
+from hf_hybrid_cache.store.hashing import block_keys, root_key
 from hf_hybrid_cache.tiny import tiny_qwen3_next
 from reliability_support import assert_same_as_cold, assert_store_at_rest, cold_generate, generate, random_tokens
 

@@ -5,7 +5,7 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.qwen3_next import PrefixQwen3NextGatedDeltaNet
+from hf_hybrid_cache.models.qwen3_next import PrefixQwen3NextGatedDeltaNet
 from hf_hybrid_cache.tiny import tiny_qwen3_next
 
 

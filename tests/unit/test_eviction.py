@@ -3,7 +3,7 @@ of the blocks it is shown; pages stay out of these cases: no page is in the tier
 
 from types import SimpleNamespace
 
-from hf_hybrid_cache.eviction import cost_victim
+from hf_hybrid_cache.store.eviction import cost_victim
 
 
 def block(depth, parent, used):

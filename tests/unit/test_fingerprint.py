@@ -3,7 +3,7 @@ change: replaced, changed in place, or written through `param.data`."""
 
 import torch
 
-from hf_hybrid_cache.fingerprint import model_fingerprint
+from hf_hybrid_cache.store.fingerprint import model_fingerprint
 from hf_hybrid_cache.tiny import tiny_qwen3_next
 
 

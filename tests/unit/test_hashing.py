@@ -2,7 +2,7 @@
 
 import torch
 
-from hf_hybrid_cache.hashing import DIGEST_SIZE, block_keys, root_key
+from hf_hybrid_cache.store.hashing import DIGEST_SIZE, block_keys, root_key
 
 ROOT = root_key(b"model", None)
 

@@ -4,7 +4,7 @@ back, a full host tier drops, a slot another request may be reading never moves.
 import pytest
 from test_prefix_store import BLOCK_SIZE, LAYOUT, PAGE_BYTES, SNAPSHOT_BYTES, lookup, publish
 
-from hf_hybrid_cache.prefix_store import PrefixStore
+from hf_hybrid_cache.store.prefix_store import PrefixStore
 
 BLOCK_BYTES = PAGE_BYTES + SNAPSHOT_BYTES
 

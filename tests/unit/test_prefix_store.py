@@ -4,9 +4,9 @@ snapshots reserved by requests."""
 import pytest
 import torch
 
-from hf_hybrid_cache.hashing import block_keys, root_key
 from hf_hybrid_cache.layout import LayerSpec, ModelLayout, StateSpec, TensorSpec
-from hf_hybrid_cache.prefix_store import PrefixStore
+from hf_hybrid_cache.store.hashing import block_keys, root_key
+from hf_hybrid_cache.store.prefix_store import PrefixStore
 
 CPU = torch.device("cpu")
 ATTENTION = LayerSpec(1, kv=(TensorSpec((1, 2), torch.float32, CPU),) * 2, states=())

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import torch
 
-from .layout import TensorSpec
+from ..layout import TensorSpec
 from .slot_pool import SlotPool
 
 DEVICE = 0  # index of the device tier in `PrefixStore._tiers`; the host tier, when there is one, follows it

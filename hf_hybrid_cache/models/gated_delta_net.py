@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.accelerate import force_accelerate_hooks
 
-from . import kernels
+from .. import kernels
 
 
 @dataclass

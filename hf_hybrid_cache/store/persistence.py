@@ -5,6 +5,7 @@ The file is plain safetensors, written slot by slot (no copy of the whole store 
 and in the header's metadata a JSON index (format version, block size, mode, layout, model fingerprints, and
 per block its key, parent, rows, CRC32 per saved slot, recency and whether it was a branch point). Never
 pickle. Writes go to a temporary file renamed over the target, so a crash leaves the previous file or none.
+Loading fills a new store through its parts (block index, tier stack) before anyone else holds it.
 """
 
 import json
@@ -18,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .eviction import EVICTION_POLICIES
-from .layout import ModelLayout
+from ..layout import ModelLayout
+from .eviction import EVICTION_POLICIES, Victim
 from .modes import MAMBA_CACHE_MODES
 from .tiers import DEVICE
 
@@ -284,10 +285,7 @@ def _load_blocks(file, store, blocks: list[SavedBlock], path: Path) -> None:
     """Adopt the most recently used blocks that fit the budgets, copy their slots tensor by tensor, and drop
     (with a warning) every entry whose checksum does not match, with the blocks below a dropped page."""
     placed = _select(store, blocks)
-    views = store.adopt_blocks(
-        [(block.key, block.parent, page_tier, snapshot_tier, block.page_used, block.snapshot_used, block.branched)
-         for block, page_tier, snapshot_tier in placed]
-    )
+    views = _adopt_blocks(store, placed)
     kept = [block for block, _, _ in placed]
     crcs = {block.key: [0, 0] for block in kept}
     for kind, position in (("page", 0), ("snapshot", 1)):
@@ -305,12 +303,52 @@ def _load_blocks(file, store, blocks: list[SavedBlock], path: Path) -> None:
     bad_pages = {block.key for block in kept if crcs[block.key][0] != block.page_crc}
     bad_snapshots = {block.key for block in kept if block.snapshot is not None and crcs[block.key][1] != block.snapshot_crc}
     if bad_pages or bad_snapshots:
-        dropped = store.drop_damaged(bad_pages, bad_snapshots)
+        dropped = _drop_damaged(store, bad_pages, bad_snapshots)
         warnings.warn(
             f"{path}: {len(bad_pages)} pages and {len(bad_snapshots)} snapshots fail their checksum (the file is "
             f"damaged); dropped them and the {dropped - len(bad_pages)} blocks below those pages. Nothing damaged is served.",
             stacklevel=4,
         )
+
+
+def _adopt_blocks(store, placed) -> dict[bytes, tuple[list[torch.Tensor], list[torch.Tensor] | None]]:
+    """Add the `placed` blocks (`_select`'s answer) to the new, empty store through its parts (no one else
+    holds it yet), without evicting; returns per key the page and snapshot slot views to fill."""
+    with store._lock:
+        index, tiers = store._index, store._tiers
+        views, adopted = {}, []
+        for saved, page_tier, snapshot_tier in reversed(placed):  # most recent first: parents before children
+            parent = index.get(saved.parent) if saved.parent is not None else None
+            page_id = tiers.tiers[page_tier].pages.allocate()
+            block = index.add(saved.key, parent, page_id, page_tier)
+            block.page_used, block.snapshot_used = saved.page_used, saved.snapshot_used
+            snapshot = None
+            if snapshot_tier is not None:
+                block.snapshot_id, block.snapshot_tier = tiers.tiers[snapshot_tier].snapshots.allocate(), snapshot_tier
+                snapshot = tiers.views("snapshot", block.snapshot_id, snapshot_tier)
+            adopted.append(block)
+            views[saved.key] = (tiers.views("page", page_id, page_tier), snapshot)
+        for block, (saved, _, _) in zip(adopted, reversed(placed)):
+            block.branched = saved.branched  # as saved, not as the loaded children say (see `_read_index`)
+        index.reorder(adopted[::-1])
+        return views
+
+
+def _drop_damaged(store, page_keys: set[bytes], snapshot_keys: set[bytes]) -> int:
+    """Drop the blocks of `page_keys` with every block below them, and the snapshots of `snapshot_keys`
+    (their pages stay). Returns the number of blocks dropped."""
+    with store._lock:
+        index, tiers = store._index, store._tiers
+        dropped = set()
+        for block in reversed(list(index)):  # most recent first: parents before their children
+            if block.key in page_keys or (block.parent is not None and block.parent.key in dropped):
+                dropped.add(block.key)
+        for key in snapshot_keys - dropped:
+            tiers.drop(Victim(index.get(key), snapshot_only=True))
+        for block in list(index):  # least recent first: children before their parents
+            if block.key in dropped:
+                tiers.drop(Victim(block))
+        return len(dropped)
 
 
 def _select(store, blocks: list[SavedBlock]) -> list[tuple[SavedBlock, int, int | None]]:

@@ -10,7 +10,7 @@ import weakref
 
 import torch
 
-from .prefix_store import PrefixStore
+from ..store.prefix_store import PrefixStore
 
 # id of an auto-mode request's input_ids tensor -> (a weak reference to it, prompt tokens served from the
 # store). Keyed by id: tensors compare elementwise, so they cannot be dictionary keys themselves; an entry

@@ -1,7 +1,7 @@
 """Which entry the prefix store evicts next, per policy.
 
-Each tier of the store (`tiers.py`) picks its own victims; a victim of the device tier moves to the host
-tier when there is one, a victim of the last tier is dropped.
+The tier stack (`tier_stack.py`) asks its policy for a victim in one tier at a time; a victim of the device
+tier moves to the host tier when there is one, a victim of the last tier is dropped.
 
 - "lru": the least recently used unpinned leaf block, its page and snapshot together.
 - "cost": a block's snapshot and its page are separate entries (a block may keep its page after losing
@@ -17,6 +17,7 @@ tier when there is one, a victim of the last tier is dropped.
   branch point after one of them is evicted: its prefix is one requests share.
 """
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 EVICTION_POLICIES = ("cost", "lru")
@@ -28,7 +29,7 @@ EFFICIENCY_WEIGHT = 2.0
 @dataclass(frozen=True)
 class Victim:
     """Evict `block`'s snapshot only (`snapshot_only`) or its page with the snapshot if the tier holds it
-    (a `prefix_store.Block`)."""
+    (a `block_index.Block`)."""
 
     block: object
     snapshot_only: bool = False
@@ -41,6 +42,47 @@ class _Candidate:
     tokens_per_byte: float
     superseded: bool = False
     utility: float = field(default=0.0)
+
+
+class EvictionPolicy(ABC):
+    """Picks the next entry one tier gives up. Called under the store's lock.
+
+    `blocks`: every block of the index, least recently used first; `holds(block)` -> (page in this tier,
+    snapshot in this tier); `may_go(block)`: whether its page may leave the tier (no child below it depends
+    on the tier keeping it). Pinned blocks are never victims. Returns None when nothing may go.
+    """
+
+    name: str
+
+    @abstractmethod
+    def victim(self, blocks, holds, may_go) -> Victim | None: ...
+
+
+class LruPolicy(EvictionPolicy):
+    name = "lru"
+
+    def victim(self, blocks, holds, may_go) -> Victim | None:
+        return lru_victim(blocks, holds, may_go)
+
+
+class CostPolicy(EvictionPolicy):
+    """Marconi-style utility: recency plus prefill tokens a hit saves per byte (see the module docstring)."""
+
+    name = "cost"
+
+    def __init__(self, block_size: int, page_bytes: int, snapshot_bytes: int, needs_snapshots: bool):
+        self.block_size, self.page_bytes, self.snapshot_bytes = block_size, page_bytes, snapshot_bytes
+        self.needs_snapshots = needs_snapshots
+
+    def victim(self, blocks, holds, may_go) -> Victim | None:
+        return cost_victim(blocks, holds, may_go, self.block_size, self.page_bytes, self.snapshot_bytes, self.needs_snapshots)
+
+
+def make_policy(name: str, block_size: int, page_bytes: int, snapshot_bytes: int, needs_snapshots: bool) -> EvictionPolicy:
+    """The policy called `name` (one of `EVICTION_POLICIES`) for a store of these sizes."""
+    if name == "lru":
+        return LruPolicy()
+    return CostPolicy(block_size, page_bytes, snapshot_bytes, needs_snapshots)
 
 
 def lru_victim(blocks_least_recent_first, holds, may_go) -> Victim | None:

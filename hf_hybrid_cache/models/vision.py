@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .hashing import content_digest
+from ..store.hashing import content_digest
+from .keying import PromptKeying
 
 VISION_MODEL_TYPES = ("qwen3_5", "qwen3_5_moe")
 # Inputs that carry image content the keys cannot see: a request with them runs uncached.
@@ -38,10 +39,50 @@ def is_vision_model(model: torch.nn.Module) -> bool:
     return model.config.model_type in VISION_MODEL_TYPES and hasattr(getattr(model, "model", None), "get_rope_index")
 
 
-def media_items(model, input_ids: torch.Tensor, kwargs: dict) -> list[MediaItem] | None:
-    """The images and videos of a batch-1 prompt `input_ids` `[1, seq_len]`, in prompt order; None when the
-    placeholders cannot be matched to the pixels given (the request then runs uncached, and generate raises
-    its own error if the inputs are inconsistent)."""
+class MediaKeying(PromptKeying):
+    """A prompt's images and videos (`items`, in prompt order) in its block keys, hit points and inputs."""
+
+    def __init__(self, items: list[MediaItem]):
+        self.items = items
+
+    def block_extras(self, block_size: int) -> dict[int, bytes]:
+        """Block index -> the digests of the items whose placeholders fall in that block."""
+        extras: dict[int, bytes] = {}
+        for item in self.items:
+            for block_idx in range(item.start // block_size, (item.end - 1) // block_size + 1):
+                extras[block_idx] = extras.get(block_idx, b"") + item.digest
+        return extras
+
+    def may_end_after(self, block_size: int, num_blocks: int) -> set[int]:
+        """No boundary strictly inside an item: its features come whole."""
+        return {n for n in range(1, num_blocks + 1) if not any(item.start < n * block_size < item.end for item in self.items)}
+
+    def inputs_after_hit(self, model, kwargs: dict, num_cached_tokens: int) -> dict:
+        """Positions are recomputed from the whole prompt and every grid (the model keeps `rope_deltas` from
+        its last call, which may belong to another prompt). Cached items are not encoded again."""
+        model.model.rope_deltas = None
+        cached = [item for item in self.items if item.end <= num_cached_tokens]
+        if not cached:
+            return kwargs
+        kwargs = dict(kwargs)
+        encoder_outputs = {}
+        for modality, (pixels_name, grid_name) in MODALITIES.items():
+            pixels = kwargs.pop(pixels_name, None)
+            todo = [item for item in self.items if item.modality == modality and item.start >= num_cached_tokens]
+            if todo:
+                rows = torch.cat([torch.arange(item.rows.start, item.rows.stop) for item in todo]).to(pixels.device)
+                grids = kwargs[grid_name][[item.index for item in todo]]
+                encode = model.model.get_image_features if modality == "image" else model.model.get_video_features
+                encoder_outputs[modality] = encode(pixels[rows], grids, return_dict=True)
+        if encoder_outputs:
+            kwargs["mm_encoder_outputs"] = encoder_outputs
+        return kwargs
+
+
+def media_keying(model, input_ids: torch.Tensor, kwargs: dict) -> MediaKeying | None:
+    """The images and videos of a batch-1 prompt `input_ids` `[1, seq_len]`; None when the placeholders
+    cannot be matched to the pixels given (the request then runs uncached, and generate raises its own error
+    if the inputs are inconsistent)."""
     if any(kwargs.get(name) is not None for name in UNKEYED_VISION_INPUTS):
         return None
     config, merge = model.config, model.config.vision_config.spatial_merge_size
@@ -69,7 +110,7 @@ def media_items(model, input_ids: torch.Tensor, kwargs: dict) -> list[MediaItem]
             first_row += num_rows
         if next(runs, None) is not None or first_row != pixels.shape[0]:
             return None
-    return sorted(items, key=lambda item: item.start)
+    return MediaKeying(sorted(items, key=lambda item: item.start))
 
 
 def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
@@ -77,42 +118,3 @@ def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
     edges = torch.diff(mask.to(torch.int8), prepend=mask.new_zeros(1, dtype=torch.int8), append=mask.new_zeros(1, dtype=torch.int8))
     starts, ends = (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
     return list(zip(starts, ends))
-
-
-def block_extras(items: list[MediaItem], block_size: int) -> dict[int, bytes]:
-    """Block index -> the digests of the items whose placeholders fall in that block."""
-    extras: dict[int, bytes] = {}
-    for item in items:
-        for block_idx in range(item.start // block_size, (item.end - 1) // block_size + 1):
-            extras[block_idx] = extras.get(block_idx, b"") + item.digest
-    return extras
-
-
-def may_end_after(items: list[MediaItem], block_size: int, num_blocks: int) -> set[int]:
-    """The numbers of blocks a hit may span: no boundary strictly inside an item (its features come whole)."""
-    return {n for n in range(1, num_blocks + 1) if not any(item.start < n * block_size < item.end for item in items)}
-
-
-def inputs_after_hit(model, kwargs: dict, items: list[MediaItem], num_cached_tokens: int) -> dict:
-    """generate's keyword arguments for a prompt whose first `num_cached_tokens` are restored.
-
-    Positions are recomputed from the whole prompt and every grid (the model keeps `rope_deltas` from its
-    last call, which may belong to another prompt). Cached items are not encoded again.
-    """
-    model.model.rope_deltas = None
-    cached = [item for item in items if item.end <= num_cached_tokens]
-    if not cached:
-        return kwargs
-    kwargs = dict(kwargs)
-    encoder_outputs = {}
-    for modality, (pixels_name, grid_name) in MODALITIES.items():
-        pixels = kwargs.pop(pixels_name, None)
-        todo = [item for item in items if item.modality == modality and item.start >= num_cached_tokens]
-        if todo:
-            rows = torch.cat([torch.arange(item.rows.start, item.rows.stop) for item in todo]).to(pixels.device)
-            grids = kwargs[grid_name][[item.index for item in todo]]
-            encode = model.model.get_image_features if modality == "image" else model.model.get_video_features
-            encoder_outputs[modality] = encode(pixels[rows], grids, return_dict=True)
-    if encoder_outputs:
-        kwargs["mm_encoder_outputs"] = encoder_outputs
-    return kwargs

@@ -11,7 +11,7 @@ import bisect
 
 import torch
 
-from .layout import TensorSpec
+from ..layout import TensorSpec
 
 INITIAL_CAPACITY = 16
 

@@ -1,0 +1,153 @@
+"""`python -m hf_hybrid_cache.serve MODEL [any transformers serve option]`: transformers' own `transformers serve`
+(the OpenAI-compatible local server), with every model it loads patched in auto mode, so chat clients that
+resend the conversation each turn are served the shared prefix from the store, and `usage` reports
+`prompt_tokens_details.cached_tokens` (the field OpenAI's API uses for prefix-cache hits).
+
+Our own options, taken out before the rest goes to `transformers serve`: `--cache-mode` (branch, align, all,
+none), `--cache-block-size`, `--cache-max-bytes-mib`, and `--store PATH` (keep the store in a file: loaded at
+start if it exists, its mode and block size then win over the flags; saved after each response and on exit).
+
+Seams into transformers' serving (`transformers.cli.serving`), checked with transformers 5.24.0:
+- `ModelManager._load_model` returns every model the server loads: patched in auto mode there.
+- `ChatCompletionHandler._non_streaming` / `_streaming` and `CompletionHandler`'s (chat and legacy
+  completions) get the request's tokenized `inputs` and return the response: the usage they report gains
+  the cached tokens of the generate that ran on those `input_ids` (`hf_hybrid_cache.cached_tokens`).
+No server code of ours: requests, batching (sequential `generate` on one inference thread) and errors are
+transformers'. `--continuous-batching` bypasses `generate` (and refuses linear-attention layers): no caching.
+"""
+
+import argparse
+import asyncio
+import atexit
+import functools
+import json
+import sys
+from pathlib import Path
+
+from ..cache import HybridPrefixCache
+from ..patching import patch
+from ..store.prefix_store import PrefixStore, set_default_store
+from .auto import cached_tokens
+
+CACHE_MODES = ("branch", "align", "all", "none")
+
+
+# (store, file) saved after each response when `--store` is given.
+_saved_store: tuple[PrefixStore, Path] | None = None
+
+
+def install(store: PrefixStore | None = None, store_path: Path | None = None) -> None:
+    """Hook transformers' serving: models load patched in auto mode over `store` (None: the process-wide
+    store), and responses report cached prompt tokens; with `store_path`, `store` is saved there after each
+    response. Idempotent."""
+    global _saved_store
+    if store_path is not None:
+        if store is None:
+            raise ValueError("store_path saves a given store: pass store= too")
+        _saved_store = (store, Path(store_path))
+    from transformers.cli.serving.chat_completion import ChatCompletionHandler
+    from transformers.cli.serving.completion import CompletionHandler
+    from transformers.cli.serving.model_manager import ModelManager
+
+    if getattr(ModelManager._load_model, "hf_hybrid_cache", False):
+        return
+    ModelManager._load_model = _patching_loads(ModelManager._load_model, store)
+    for handler in (ChatCompletionHandler, CompletionHandler):
+        handler._non_streaming = _reporting_non_streaming(handler._non_streaming)
+        handler._streaming = _reporting_streaming(handler._streaming)
+
+
+def _patching_loads(load_model, store):
+    @functools.wraps(load_model)
+    def patched_load(self, *args, **kwargs):
+        model = load_model(self, *args, **kwargs)
+        if hasattr(model, "generate"):
+            patch(model, auto=True, store=store)
+            if store is not None and store.layout is not None:
+                # A store loaded from a file must fit this model: say so when loading, not at every request.
+                HybridPrefixCache(model, store=store)
+        return model
+
+    patched_load.hf_hybrid_cache = True
+    return patched_load
+
+
+def _with_cached_tokens(payload: dict, input_ids) -> dict:
+    """`payload` (a completion or a chunk, as JSON) with `usage.prompt_tokens_details.cached_tokens` set."""
+    num_cached = cached_tokens(input_ids)
+    if payload.get("usage") is not None and num_cached is not None:
+        payload["usage"]["prompt_tokens_details"] = {"cached_tokens": num_cached}
+    return payload
+
+
+def _reporting_non_streaming(non_streaming):
+    @functools.wraps(non_streaming)
+    async def reporting(self, request_id, model, processor, model_id, inputs, *args, **kwargs):
+        from starlette.responses import JSONResponse
+
+        response = await non_streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
+        payload = _with_cached_tokens(json.loads(response.body), inputs["input_ids"])
+        await _save_store()
+        return JSONResponse(payload, status_code=response.status_code, media_type=response.media_type)
+
+    return reporting
+
+
+def _reporting_streaming(streaming):
+    @functools.wraps(streaming)
+    def reporting(self, request_id, model, processor, model_id, inputs, *args, **kwargs):
+        response = streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
+        response.body_iterator = _report_in_events(response.body_iterator, inputs["input_ids"])
+        return response
+
+    return reporting
+
+
+async def _report_in_events(events, input_ids):
+    """Server-sent events as they come, the one carrying `usage` (sent after generation) with cached tokens."""
+    async for part in events:
+        if '"usage"' in part:
+            lines = []
+            for line in part.split("\n"):
+                if line.startswith("data: {"):
+                    line = "data: " + json.dumps(_with_cached_tokens(json.loads(line[len("data: ") :]), input_ids))
+                lines.append(line)
+            part = "\n".join(lines)
+        yield part
+    await _save_store()
+
+
+async def _save_store() -> None:
+    """Save the `--store` file (atomically), off the event loop; other requests keep being served."""
+    if _saved_store is not None:
+        store, path = _saved_store
+        await asyncio.to_thread(store.save, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_hybrid_cache.serve",
+        description="transformers serve with prefix caching; other options go to `transformers serve`.",
+    )
+    parser.add_argument("--cache-mode", choices=CACHE_MODES, default="branch")
+    parser.add_argument("--cache-block-size", type=int, default=64)
+    parser.add_argument("--cache-max-bytes-mib", type=int, default=1024)
+    parser.add_argument("--store", type=Path, default=None, help="a file that keeps the store across restarts")
+    ours, rest = parser.parse_known_args(argv)
+    max_bytes = ours.cache_max_bytes_mib << 20
+    if ours.store is not None and ours.store.exists():
+        store = PrefixStore.load(ours.store, max_bytes=max_bytes)
+        print(f"hf_hybrid_cache: loaded {store.stats()['blocks']} blocks from {ours.store}", flush=True)
+    else:
+        store = PrefixStore(block_size=ours.cache_block_size, mamba_cache_mode=ours.cache_mode, max_bytes=max_bytes)
+    set_default_store(store)
+    install(store, ours.store)
+    if ours.store is not None:
+        atexit.register(store.save, ours.store)
+    from transformers.cli.transformers import app
+
+    app(["serve", *rest], prog_name="transformers")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,52 @@
+"""What a model needs of this package: the mixers with an adapter, and the adapter module of each
+(gated-delta-rule mixers on our one-pass kernels, Jamba's Mamba layer made to continue from a restored
+state), and how a request's prompt is keyed (`prompt_keying`).
+
+Keyed by the name of transformers' mixer class, so that an adapter (and its transformers modeling module)
+is imported only when a model holding that mixer shows up. An adapter module maps transformers' class to
+ours in `PATCHED_MIXERS`. Every other layer runs transformers' own forward (the generic path).
+"""
+
+import importlib
+
+import torch
+
+from . import vision
+from .keying import TEXT, PromptKeying
+
+# Inputs whose content the block keys cannot see (except images and videos of the models `vision.py` knows):
+# such requests run uncached.
+UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "image_embeds", "inputs_embeds")
+ADAPTER_MODULES = {
+    "Qwen3NextGatedDeltaNet": "hf_hybrid_cache.models.qwen3_next",
+    "Qwen3_5GatedDeltaNet": "hf_hybrid_cache.models.qwen3_5",
+    "Qwen3_5MoeGatedDeltaNet": "hf_hybrid_cache.models.qwen3_5",
+    "OlmoHybridGatedDeltaNet": "hf_hybrid_cache.models.olmo_hybrid",
+    "JambaMambaMixer": "hf_hybrid_cache.models.jamba",
+}
+
+
+def patched_mixer_class(module: torch.nn.Module) -> type | None:
+    """Our class for `module` (one of transformers' mixers), or None if it has none."""
+    adapter = ADAPTER_MODULES.get(type(module).__name__)
+    if adapter is None:
+        return None
+    # By class, not name alone: a remote-code class of the same name is left to the generic path.
+    return importlib.import_module(adapter).PATCHED_MIXERS.get(type(module))
+
+
+def is_one_pass_mixer(module: torch.nn.Module) -> bool:
+    """Whether `module` takes its boundary states inside a forward (our GatedDeltaNets)."""
+    from .gated_delta_net import PrefixGatedDeltaNet
+
+    return isinstance(module, PrefixGatedDeltaNet)
+
+
+def prompt_keying(model: torch.nn.Module, input_ids, kwargs: dict) -> PromptKeying | None:
+    """The keying of one generate request's prompt (`keying.py`); None when the keys could not see all of its
+    content (the request then runs uncached)."""
+    if vision.is_vision_model(model) and isinstance(input_ids, torch.Tensor) and input_ids.shape[0] == 1:
+        return vision.media_keying(model, input_ids, kwargs)
+    if any(kwargs.get(name) is not None for name in UNKEYED_INPUTS):
+        return None
+    return TEXT
