@@ -15,6 +15,7 @@ from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, Cache, get_laye
 from .integrations.display import html_table, store_rows
 from .layout import model_layout
 from .models.keying import TEXT, PromptKeying
+from .models.wrappers import unwrap
 from .store.fingerprint import model_fingerprint
 from .store.hashing import block_keys, root_key
 from .store.modes import saved_boundaries
@@ -30,12 +31,14 @@ class HybridPrefixCache(Cache):
     exactly like a `DynamicCache` and are neither served nor published.
 
     Args:
-        model: a model with `generate` on which `hf_hybrid_cache.patch(model)` was called.
+        model: a model with `generate` (or a peft or `torch.compile` wrapper of one) on which
+            `hf_hybrid_cache.patch(model)` was called.
         store: the `PrefixStore` to share; None means the process-wide store (`get_default_store()`).
         namespace: entries of one namespace never hit from another (tenant isolation).
     """
 
     def __init__(self, model: torch.nn.Module, store: PrefixStore | None = None, namespace: str | None = None):
+        model = unwrap(model)  # a peft or torch.compile wrapper: the model inside it
         if not getattr(model, "_hf_hybrid_cache_patched", False):
             raise ValueError(
                 "This model is not patched: call hf_hybrid_cache.patch(model) once before creating a HybridPrefixCache."
@@ -56,7 +59,8 @@ class HybridPrefixCache(Cache):
         self.store.bind(self.layout, fingerprint)
         self.model = model
         self.namespace = namespace
-        self._root = root_key(fingerprint, namespace)
+        self._fingerprint = fingerprint
+        self._root = root_key(fingerprint, namespace)  # with the model state of each request: `begin_request`
         layer_types, layer_kwargs = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
         super().__init__(
             layers=[DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs) for kind, kwargs in zip(layer_types, layer_kwargs)]
@@ -242,6 +246,7 @@ class HybridPrefixCache(Cache):
                 )
         # A model without recurrent layers hits at every block whatever the mode.
         self._recording = self.store.mamba_cache_mode != "none" or not self.store.needs_snapshots
+        self._root = root_key(self._fingerprint, self.namespace, keying.model_state)
         self._block_extras = keying.block_extras(self.store.block_size)
         if past or not self._recording:
             return

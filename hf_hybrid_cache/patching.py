@@ -19,6 +19,7 @@ from .cache import HybridPrefixCache
 from .integrations import auto as auto_mode
 from .layout import SUPPORTED_CACHE_LAYERS
 from .models.registry import is_one_pass_mixer, patched_mixer_class
+from .models.wrappers import unwrap
 from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest
 from .store.prefix_store import PrefixStore
 
@@ -39,7 +40,8 @@ def patch(model: torch.nn.Module, auto: bool | None = None, store: PrefixStore |
     autograd differentiates runs on transformers' own layers.
 
     Runs nothing: a model still on the meta device (not loaded yet) can be patched; its cache layout is
-    read at the first `HybridPrefixCache`.
+    read at the first `HybridPrefixCache`. A peft `PeftModel` or a `torch.compile`d model is served through
+    the transformers model inside it (`models/wrappers.py`); the wrapper is returned.
 
     Args:
         auto: True: every `generate()` that passes no cache runs on a `HybridPrefixCache` over `store` (what
@@ -49,12 +51,14 @@ def patch(model: torch.nn.Module, auto: bool | None = None, store: PrefixStore |
 
     Raises:
         ValueError: the model cannot be served (encoder-decoder, sliding-window or indexed attention, no
-            attention layer at all); the message says why and lists what is supported.
+            attention layer at all, prompt-learning peft adapters); the message says why and lists what is
+            supported.
     """
-    if not getattr(model, "_hf_hybrid_cache_patched", False):
-        _patch(model)
+    served = unwrap(model)
+    if not getattr(served, "_hf_hybrid_cache_patched", False):
+        _patch(served)
     if auto is not None:
-        auto_mode.configure(model, auto, store)
+        auto_mode.configure(served, auto, store)
     elif store is not None:
         raise ValueError("store= is the store auto mode uses: pass it with auto=True.")
     return model

@@ -12,7 +12,8 @@ import importlib
 import torch
 
 from . import vision
-from .keying import TEXT, PromptKeying
+from .keying import PromptKeying
+from .peft_state import adapter_state
 
 # Inputs whose content the block keys cannot see (except images and videos of the models `vision.py` knows):
 # such requests run uncached.
@@ -44,9 +45,12 @@ def is_one_pass_mixer(module: torch.nn.Module) -> bool:
 
 def prompt_keying(model: torch.nn.Module, input_ids, kwargs: dict) -> PromptKeying | None:
     """The keying of one generate request's prompt (`keying.py`); None when the keys could not see all of its
-    content (the request then runs uncached)."""
+    content or of the model's state (the request then runs uncached)."""
+    model_state = adapter_state(model)
+    if model_state is None:
+        return None
     if vision.is_vision_model(model) and isinstance(input_ids, torch.Tensor) and input_ids.shape[0] == 1:
-        return vision.media_keying(model, input_ids, kwargs)
+        return vision.media_keying(model, input_ids, kwargs, model_state)
     if any(kwargs.get(name) is not None for name in UNKEYED_INPUTS):
         return None
-    return TEXT
+    return PromptKeying(model_state)

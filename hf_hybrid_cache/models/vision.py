@@ -42,7 +42,8 @@ def is_vision_model(model: torch.nn.Module) -> bool:
 class MediaKeying(PromptKeying):
     """A prompt's images and videos (`items`, in prompt order) in its block keys, hit points and inputs."""
 
-    def __init__(self, items: list[MediaItem]):
+    def __init__(self, items: list[MediaItem], model_state: bytes = b""):
+        super().__init__(model_state)
         self.items = items
 
     def block_extras(self, block_size: int) -> dict[int, bytes]:
@@ -79,7 +80,7 @@ class MediaKeying(PromptKeying):
         return kwargs
 
 
-def media_keying(model, input_ids: torch.Tensor, kwargs: dict) -> MediaKeying | None:
+def media_keying(model, input_ids: torch.Tensor, kwargs: dict, model_state: bytes = b"") -> MediaKeying | None:
     """The images and videos of a batch-1 prompt `input_ids` `[1, seq_len]`; None when the placeholders
     cannot be matched to the pixels given (the request then runs uncached, and generate raises its own error
     if the inputs are inconsistent)."""
@@ -110,7 +111,7 @@ def media_keying(model, input_ids: torch.Tensor, kwargs: dict) -> MediaKeying | 
             first_row += num_rows
         if next(runs, None) is not None or first_row != pixels.shape[0]:
             return None
-    return MediaKeying(sorted(items, key=lambda item: item.start))
+    return MediaKeying(sorted(items, key=lambda item: item.start), model_state)
 
 
 def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:

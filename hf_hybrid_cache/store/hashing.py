@@ -1,7 +1,8 @@
 """Chained block digests: the keys of the prefix store.
 
 A block's key digests its parent's key and its own token ids, so equal keys mean equal whole prefixes.
-The chain starts from a root that digests the model fingerprint (`fingerprint.py`) and the namespace.
+The chain starts from a root that digests the model fingerprint (`fingerprint.py`), the namespace and the
+model's runtime state (peft adapters).
 """
 
 import hashlib
@@ -21,11 +22,14 @@ def digest(*parts: bytes) -> bytes:
     return hasher.digest()
 
 
-def root_key(model_fingerprint: bytes, namespace: str | None) -> bytes:
-    """The key every chain starts from: entries of different models or namespaces never meet."""
+def root_key(model_fingerprint: bytes, namespace: str | None, model_state: bytes = b"") -> bytes:
+    """The key every chain starts from: entries of different models, namespaces or model states (peft
+    adapters active, disabled, merged: `models/peft_state.py`) never meet."""
     # No namespace and the empty namespace "" are distinct tenants: the tag byte keeps them apart.
     tagged = b"-" if namespace is None else b"=" + namespace.encode()
-    return digest(b"hf_hybrid_cache/root", model_fingerprint, tagged)
+    # Without a model state the root is what it was before states were keyed: saved stores still hit.
+    extra = (model_state,) if model_state else ()
+    return digest(b"hf_hybrid_cache/root", model_fingerprint, tagged, *extra)
 
 
 def block_keys(
