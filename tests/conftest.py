@@ -29,3 +29,15 @@ def fresh_default_store():
     hhc.set_default_store(None)
     yield
     hhc.set_default_store(None)
+
+
+@pytest.fixture
+def redis_server():
+    """A real redis-server on a free loopback port, stopped whatever happens (`redis_support.py`)."""
+    from redis_support import redis_server_or_skip
+
+    server = redis_server_or_skip()
+    try:
+        yield server
+    finally:
+        server.stop()

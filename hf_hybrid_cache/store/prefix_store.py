@@ -46,7 +46,10 @@ class PrefixStore:
         host_bytes: budget of a host-memory tier (0: none). Entries evicted from the device tier move there
             (pinned memory under a CUDA model) instead of being dropped, and move back when a request hits
             them; the host tier evicts by the same policy and drops what it evicts.
-        remote: a tier shared with other processes below the local ones (`remote.RemoteTier`); None: none.
+        remote: a tier shared with other processes and machines, below the local ones: a Redis URL
+            (`redis://host:6379/0`, `rediss://user:password@host:6380/0`; see `redis_tier.RedisTier` for its
+            settings), a `RemoteTier`, or None (none). Published blocks are written to it off the request's
+            path; a local miss reads the rest of the chain from it. Close the store (`close()`) to flush.
 
     The first cache bound to a store fixes its model layout (shapes, dtype, devices); a model with
     another layout needs its own store. Entries of different models or namespaces never hit each other.
@@ -59,7 +62,7 @@ class PrefixStore:
         max_bytes: int = DEFAULT_MAX_BYTES,
         eviction: str = DEFAULT_EVICTION,
         host_bytes: int = 0,
-        remote: RemoteTier | None = None,
+        remote: "RemoteTier | str | None" = None,
     ):
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be an int >= 1 (for example 64 or 560), got {block_size!r}")
@@ -71,8 +74,12 @@ class PrefixStore:
             raise ValueError(f"eviction must be one of {EVICTION_POLICIES}, got {eviction!r}")
         if isinstance(host_bytes, bool) or not isinstance(host_bytes, int) or host_bytes < 0:
             raise ValueError(f"host_bytes must be an int >= 0 (0: no host tier; for example 4 << 30), got {host_bytes!r}")
+        if isinstance(remote, str):
+            from .redis_tier import RedisTier  # imports redis-py only when asked for
+
+            remote = RedisTier(remote)
         if remote is not None and not isinstance(remote, RemoteTier):
-            raise TypeError(f"remote must be a RemoteTier or None, got {type(remote).__name__}")
+            raise TypeError(f"remote must be a Redis URL, a RemoteTier or None, got {type(remote).__name__}")
         self.block_size = block_size
         self.mamba_cache_mode = mamba_cache_mode
         self.max_bytes = max_bytes
