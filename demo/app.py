@@ -47,13 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a file to keep the store in across restarts: loaded at start if it exists (its mode and block "
         "size win over --mode / --block-size), saved after each reply and on exit",
     )
+    parser.add_argument("--remote", default=None, help="a Redis URL whose store other processes share (redis://host:6379/0)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     loaded = load_model(args.model, seed=args.seed, device=args.device, tiny_size=args.tiny_size)
-    engine = ChatEngine(loaded, max_bytes=args.max_bytes_mib << 20, store_path=args.store)
+    engine = ChatEngine(loaded, max_bytes=args.max_bytes_mib << 20, store_path=args.store, remote=args.remote)
     if not engine.load_store():
         engine.configure_store(args.mode, args.block_size)
     engine.warm_up()

@@ -72,10 +72,11 @@ class ChatEngine:
     store swap never lands in the middle of a request. The store itself is thread-safe.
     """
 
-    def __init__(self, loaded: LoadedModel, max_bytes: int, store_path: Path | None = None):
+    def __init__(self, loaded: LoadedModel, max_bytes: int, store_path: Path | None = None, remote: str | None = None):
         self.loaded = loaded
         self.max_bytes = max_bytes
         self.store_path = store_path
+        self.remote = remote  # a Redis URL every store of this engine shares, or None
         self._lock = threading.Lock()
 
     def load_store(self) -> bool:
@@ -85,7 +86,7 @@ class ChatEngine:
         """
         if self.store_path is None or not self.store_path.exists():
             return False
-        store = hhc.PrefixStore.load(self.store_path, max_bytes=self.max_bytes)
+        store = hhc.PrefixStore.load(self.store_path, max_bytes=self.max_bytes, remote=self.remote)
         try:
             hhc.HybridPrefixCache(self.loaded.model, store=store)  # binds it: another layout fails now, not mid-chat
         except ValueError as error:
@@ -101,13 +102,15 @@ class ChatEngine:
 
     def configure_store(self, mode: str, block_size: int) -> None:
         """Make a new, empty process-wide store unless the current one already has these settings
-        (and this engine's budget)."""
+        (and this engine's budget and remote tier)."""
         with self._lock:
             store = hhc.get_default_store()
-            if (store.mamba_cache_mode, store.block_size, store.max_bytes) != (mode, block_size, self.max_bytes):
-                hhc.set_default_store(
-                    hhc.PrefixStore(block_size=block_size, mamba_cache_mode=mode, max_bytes=self.max_bytes)
-                )
+            settings = (store.mamba_cache_mode, store.block_size, store.max_bytes, getattr(store.remote, "url", None))
+            if settings != (mode, block_size, self.max_bytes, self.remote):
+                hhc.set_default_store(hhc.PrefixStore(
+                    block_size=block_size, mamba_cache_mode=mode, max_bytes=self.max_bytes, remote=self.remote
+                ))
+                store.close()  # flushes what the old store still had to write to the remote tier
 
     def warm_up(self) -> None:
         """Run generate once with the prefix cache and once without, so that the first measured turn

@@ -4,8 +4,9 @@ resend the conversation each turn are served the shared prefix from the store, a
 `prompt_tokens_details.cached_tokens` (the field OpenAI's API uses for prefix-cache hits).
 
 Our own options, taken out before the rest goes to `transformers serve`: `--cache-mode` (branch, align, all,
-none), `--cache-block-size`, `--cache-max-bytes-mib`, and `--store PATH` (keep the store in a file: loaded at
-start if it exists, its mode and block size then win over the flags; saved after each response and on exit).
+none), `--cache-block-size`, `--cache-max-bytes-mib`, `--store PATH` (keep the store in a file: loaded at
+start if it exists, its mode and block size then win over the flags; saved after each response and on exit),
+and `--remote URL` (a Redis server shared by replicas: `store/redis_tier.py`).
 
 Seams into transformers' serving (`transformers.cli.serving`), checked with transformers 5.24.0:
 - `ModelManager._load_model` returns every model the server loads: patched in auto mode there.
@@ -133,13 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-block-size", type=int, default=64)
     parser.add_argument("--cache-max-bytes-mib", type=int, default=1024)
     parser.add_argument("--store", type=Path, default=None, help="a file that keeps the store across restarts")
+    parser.add_argument("--remote", default=None, help="a Redis URL shared by replicas (redis://host:6379/0)")
     ours, rest = parser.parse_known_args(argv)
     max_bytes = ours.cache_max_bytes_mib << 20
     if ours.store is not None and ours.store.exists():
-        store = PrefixStore.load(ours.store, max_bytes=max_bytes)
+        store = PrefixStore.load(ours.store, max_bytes=max_bytes, remote=ours.remote)
         print(f"hf_hybrid_cache: loaded {store.stats()['blocks']} blocks from {ours.store}", flush=True)
     else:
-        store = PrefixStore(block_size=ours.cache_block_size, mamba_cache_mode=ours.cache_mode, max_bytes=max_bytes)
+        store = PrefixStore(block_size=ours.cache_block_size, mamba_cache_mode=ours.cache_mode, max_bytes=max_bytes,
+                            remote=ours.remote)
     set_default_store(store)
     install(store, ours.store)
     if ours.store is not None:

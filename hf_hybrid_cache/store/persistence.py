@@ -162,7 +162,7 @@ def _as_bytes(tensor: torch.Tensor):
 # -- loading -------------------------------------------------------------------------------------------------
 
 
-def load_store(store_class, path, max_bytes: int | None, host_bytes: int | None, device):
+def load_store(store_class, path, max_bytes: int | None, host_bytes: int | None, device, remote=None):
     """Build a store from the file at `path` (see `PrefixStore.load`)."""
     path = Path(path)
     if not path.is_file():
@@ -182,6 +182,7 @@ def load_store(store_class, path, max_bytes: int | None, host_bytes: int | None,
                 max_bytes=config["max_bytes"] if max_bytes is None else max_bytes,
                 eviction=config["eviction"],
                 host_bytes=config["host_bytes"] if host_bytes is None else host_bytes,
+                remote=remote,
             )
             if layout is not None:
                 store.bind(layout)

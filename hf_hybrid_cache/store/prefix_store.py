@@ -340,11 +340,12 @@ class PrefixStore:
         max_bytes: int | None = None,
         host_bytes: int | None = None,
         device: str | torch.device | None = None,
+        remote: "RemoteTier | str | None" = None,
     ) -> "PrefixStore":
         """A store with the blocks `save` wrote to `path`: the most recently used ones that fit, in the device
         tier within `max_bytes` and then in the host tier within `host_bytes` (None: the saved budgets).
         `device`: where every tensor goes instead of where it was saved (for example "cpu" for a file saved on
-        a GPU).
+        a GPU). `remote`: as for the constructor (a file never holds one).
 
         Raises FileNotFoundError, or ValueError naming the file when it is truncated, not a prefix store or
         inconsistent with its own index. Entries whose checksum fails are dropped with a warning and never
@@ -353,7 +354,7 @@ class PrefixStore:
         """
         from .persistence import load_store
 
-        return load_store(cls, path, max_bytes=max_bytes, host_bytes=host_bytes, device=device)
+        return load_store(cls, path, max_bytes=max_bytes, host_bytes=host_bytes, device=device, remote=remote)
 
     def hold_all(self) -> tuple[Hit, list[HeldBlock]]:
         """Pin every block (release the returned `Hit` when done) and describe them least recently used first."""

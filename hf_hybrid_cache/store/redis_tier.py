@@ -342,18 +342,20 @@ def _decode_checked(value: bytes, header: bytes, specs) -> tuple[str | None, lis
     expected = sum(spec.num_bytes for spec in specs)
     if not value.startswith(MAGIC) or len(value) < len(MAGIC) + 8:
         return "not one of ours", None
-    if zlib.crc32(value[:-4]) != int.from_bytes(value[-4:], "little"):
+    view = memoryview(value)
+    if zlib.crc32(view[:-4]) != int.from_bytes(view[-4:], "little"):
         return "damaged (checksum)", None
-    header_len = int.from_bytes(value[4:8], "little")
-    if value[8 : 8 + header_len] != header:
+    header_len = int.from_bytes(view[4:8], "little")
+    if view[8 : 8 + header_len] != header:
         return "for another block, layout or format", None
-    payload = memoryview(value)[8 + header_len : -4]
+    payload = view[8 + header_len : -4]
     if len(payload) != expected:
         return "truncated", None
+    # One copy into writable memory (torch wants it), shared by the tensors: the slots copy from these.
+    flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
     tensors, offset = [], 0
     for spec in specs:
-        raw = torch.frombuffer(bytearray(payload[offset : offset + spec.num_bytes]), dtype=torch.uint8)
-        tensors.append(raw.view(spec.dtype).reshape(spec.shape))
+        tensors.append(flat[offset : offset + spec.num_bytes].view(spec.dtype).reshape(spec.shape))
         offset += spec.num_bytes
     return None, tensors
 

@@ -139,3 +139,35 @@ def test_readme_client_snippet_runs(servers, capsys):
     lines = capsys.readouterr().out.split("\n")
     first, second = (list(map(int, line.split())) for line in lines[:2])
     assert first[1] == 0 and second[1] > 0 and second[1] <= second[0]
+
+
+def test_two_replicas_share_one_redis(servers, redis_server, tmp_path):
+    """A conversation started on replica A continues on replica B: B is served A's turn from Redis and
+    replies as plain serving does."""
+    model, _, plain, _ = servers
+    ports = free_port(), free_port()
+    processes = []
+    try:
+        for replica, port in enumerate(ports):
+            command = [sys.executable, "-m", "hf_hybrid_cache.serve", model, "--cache-block-size", "32",
+                       "--remote", redis_server.url]
+            processes.append(start(command, port, tmp_path / f"replica-{replica}.log"))
+        for process, port, replica in zip(processes, ports, range(2)):
+            wait_until_up(process, port, tmp_path / f"replica-{replica}.log")
+        replica_a, replica_b = (openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+                                for port in ports)
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Start on A."}]
+        first = chat(replica_a, model, messages)
+        assert first.choices[0].message.content == chat(plain, model, messages).choices[0].message.content
+        messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                     {"role": "user", "content": "Continue on B."}]
+        # A writes off the request path: wait until its blocks are in Redis before asking B.
+        client, deadline = redis_server.client(), time.monotonic() + 60
+        while len(client.keys("hhc:p:*")) < first.usage.prompt_tokens // 32 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = chat(replica_b, model, messages)
+        assert second.choices[0].message.content == chat(plain, model, messages).choices[0].message.content
+        assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens // 32 * 32 > 0
+    finally:
+        for process in processes:
+            stop_process_group(process)
