@@ -8,7 +8,8 @@ warning), never a hit; nothing is unpickled. Block keys already digest the model
 
 Never stuck: short connect and operation timeouts, no client-side retries, and a circuit breaker that opens
 on a connection error or a timeout and lets one call through after a backoff (0.5 s, doubling to 30 s);
-while it is open, reads are misses and writes wait in their queue. Writes leave the request's path: `write`
+while it is open, reads are misses and new writes are dropped (counted); those already queued wait for it.
+Writes leave the request's path: `write`
 copies the tensors to host memory and queues them; one thread builds the values and sends them in
 pipelines. The queue is bounded in bytes (the oldest writes are dropped, and counted); `close()` (also at
 normal process exit) flushes within a bounded time. Checked with redis-py 8.1 and Redis 7.0.
@@ -133,6 +134,10 @@ class RedisTier(RemoteTier):
         entries = [("p", page)] + ([("s", snapshot)] if snapshot is not None else [])
         with self._lock:
             if self._closed:
+                return
+            if not self._breaker.allows():
+                # Redis is down: copying and queueing for it would only cost the requests running now.
+                self._counters["dropped_writes"] += len(entries)
                 return
             for kind, tensors in entries:
                 host = [tensor.detach().to("cpu", copy=True) for tensor in tensors]

@@ -95,3 +95,20 @@ def test_store_flag_keeps_the_store_across_restarts(tmp_path):
     wrong_shape = ChatEngine(load_model(tiny_size="demo"), max_bytes=16 << 20, store_path=path)
     with pytest.raises(ValueError, match="saved for another model"):
         wrong_shape.load_store()
+
+
+def test_engines_sharing_a_redis_serve_each_others_chats(redis_server):
+    """Two demo engines (two processes in real use) on one Redis: the second is served the first's prompt."""
+    first, second = (ChatEngine(load_model(tiny_size="test"), max_bytes=64 << 20, remote=redis_server.url)
+                     for _ in range(2))
+    first.configure_store("all", 16)
+    _run(first, PROMPT)
+    store = hhc.get_default_store()
+    assert store.remote is not None and store.remote.flush(timeout_s=30)
+    hhc.set_default_store(hhc.PrefixStore(block_size=16, mamba_cache_mode="all", max_bytes=64 << 20))
+    second.configure_store("all", 16)  # a new store with the same Redis and nothing local
+    assert hhc.get_default_store().stats()["blocks"] == 0
+    _, stats = _run(second, PROMPT)
+    assert stats.cached_tokens > 0 and hhc.get_default_store().stats()["remote"]["hit_blocks"] > 0
+    hhc.get_default_store().close()
+    store.close()

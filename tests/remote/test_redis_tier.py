@@ -201,12 +201,24 @@ def test_a_full_server_refuses_writes_and_still_serves(stores, redis_server):
 
 
 def test_pending_writes_are_bounded_in_bytes(stores, redis_server):
+    store = stores(max_pending_bytes=3 * PAGE_BYTES, timeout_s=10, flush_timeout_s=0.2)
+    with socket.create_connection(("127.0.0.1", redis_server.port)) as raw:
+        raw.sendall(b"DEBUG SLEEP 2\r\n")  # the writer blocks on the sleeping server; writes pile up
+        with pytest.raises(redis.exceptions.TimeoutError):
+            redis_server.client(timeout_s=0.1).ping()
+        publish(store, list(range(100, 132)))  # 8 pages and 8 snapshots
+        stats = store.remote.stats()
+        assert stats["pending_bytes"] <= 3 * PAGE_BYTES and stats["dropped_writes"] >= 10
+        assert raw.recv(16).startswith(b"+OK")
+
+
+def test_writes_while_the_breaker_is_open_are_dropped(stores, redis_server):
+    store = stores(timeout_s=0.2, first_backoff_s=60.0, flush_timeout_s=0.2)
     redis_server.kill()
-    store = stores(max_pending_bytes=3 * PAGE_BYTES, timeout_s=0.2, first_backoff_s=60.0, flush_timeout_s=0.2)
-    served_blocks(store)  # opens the breaker: the writer now holds its queue
-    publish(store, list(range(100, 132)))  # 8 pages and 8 snapshots
+    assert served_blocks(store) == 0  # opens the breaker
+    publish(store, TOKENS)
     stats = store.remote.stats()
-    assert stats["pending_bytes"] <= 3 * PAGE_BYTES and stats["dropped_writes"] >= 13
+    assert stats["breaker_open"] and stats["dropped_writes"] == 6 and stats["pending_bytes"] == 0
 
 
 def test_close_flushes_what_is_queued(redis_server):
