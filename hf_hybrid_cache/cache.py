@@ -13,7 +13,7 @@ import torch
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, Cache, get_layer_types_and_kwargs
 
 from .integrations.display import html_table, store_rows
-from .layout import model_layout
+from .layout import WINDOW_KINDS, model_layout
 from .models.keying import TEXT, PromptKeying
 from .models.wrappers import unwrap
 from .store.fingerprint import model_fingerprint
@@ -65,9 +65,11 @@ class HybridPrefixCache(Cache):
         super().__init__(
             layers=[DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs) for kind, kwargs in zip(layer_types, layer_kwargs)]
         )
-        # (layer_idx, "conv" | "recurrent", state_idx) -> position in a snapshot (`layout.state_specs` order)
+        # (layer_idx, kind, state_idx) -> position in a snapshot (`layout.state_specs` order)
         state_keys = [(layer.layer_idx, state.kind, state.state_idx) for layer in self.layout.recurrent for state in layer.states]
         self._state_positions = {key: pos for pos, key in enumerate(state_keys)}
+        # Sliding layers, whose windows are taken inside a step as their K/V goes by (`update`).
+        self._window_layers = {layer_idx for layer_idx, kind, _ in state_keys if kind == WINDOW_KINDS[0]}
         self.num_cached_tokens = 0
         self.num_seen_tokens = 0  # tokens the live state holds
         self._token_ids: torch.Tensor | None = None  # `[num_seen_tokens]` the tokens it holds (batch 1)
@@ -105,7 +107,27 @@ class HybridPrefixCache(Cache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         self._check_in_request()
-        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if self._recording and layer_idx in self._window_layers:
+            self._record_windows(layer_idx, keys, values, key_states.shape[-2])
+        return keys, values
+
+    def _record_windows(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, seq_len: int) -> None:
+        """A sliding layer's window at each saved boundary strictly inside the current step, taken from the
+        keys and values the layer attends over (`[batch, num_kv_heads, tokens, head_dim]`, ending with this
+        step's): by the step's end, the window has moved past those boundaries."""
+        start = self.num_seen_tokens
+        first = start + seq_len - keys.shape[-2]  # the token the returned keys start at
+        positions = [self._state_positions[(layer_idx, kind, 0)] for kind in WINDOW_KINDS]
+        for boundary in self.saved_boundaries(start, start + seq_len - 1):
+            slot_id = self._slot(boundary)
+            if slot_id is None:
+                continue
+            views = self.store.snapshot_views(slot_id)
+            for pos, tensor in zip(positions, (keys, values)):
+                width = min(boundary, views[pos].shape[1])
+                views[pos][:, -width:].copy_(tensor[0, :, boundary - first - width : boundary - first])
+            self._pending[boundary][1] += len(positions)
 
     def _check_in_request(self) -> None:
         # Each forward reads a recurrent state or writes K/V before changing anything. Outside our generate
@@ -181,6 +203,8 @@ class HybridPrefixCache(Cache):
         if slot_id is None:
             return
         for view, state in zip(self.store.snapshot_views(slot_id), self._live_states()):
+            if view.shape != state.shape:  # a window that has seen fewer tokens than it holds: right-aligned
+                view = view[:, -state.shape[1] :]
             view.copy_(state)
         self._pending[boundary][1] = len(self._state_positions)
 
@@ -207,11 +231,16 @@ class HybridPrefixCache(Cache):
         return saved_boundaries(store.mamba_cache_mode, store.block_size, self._prompt_len, start, end, self._branch_point)
 
     def _live_states(self) -> list[torch.Tensor]:
-        """Every recurrent state of sequence 0, in `layout.state_specs` order (views of the live state)."""
+        """Every state of sequence 0, in `layout.state_specs` order (views of the live state). A sliding
+        window holds fewer than `sliding_window - 1` tokens until that many were seen: its slot is filled
+        from the right."""
         states = []
         for layer_spec in self.layout.recurrent:
             layer = self.layers[layer_spec.layer_idx]
             for state in layer_spec.states:
+                if state.kind in WINDOW_KINDS:
+                    states.append((layer.keys if state.kind == "window_keys" else layer.values)[0])
+                    continue
                 tensors = layer.conv_states if state.kind == "conv" else layer.recurrent_states
                 states.append(tensors[state.state_idx][0])
         return states
@@ -269,15 +298,29 @@ class HybridPrefixCache(Cache):
 
     def _restore(self, hit: Hit) -> None:
         num_tokens = len(hit.blocks) * self.store.block_size
-        for layer_spec, (keys, values) in zip(self.layout.attention, self.store.read_pages(hit)):
+        for layer_spec, (keys, values, *extras) in zip(self.layout.attention, self.store.read_pages(hit)):
             layer = self.layers[layer_spec.layer_idx]
             layer.lazy_initialization(keys[None], values[None])
             layer.keys, layer.values = keys[None], values[None]
+            for extra, tensor in zip(layer_spec.extras, extras):
+                if extra.name == "indexer_keys":
+                    layer.lazy_initialization_indexer(tensor.unsqueeze(extra.batch_axis))
+                setattr(layer, extra.name, tensor.unsqueeze(extra.batch_axis))
         snapshot = iter(self.store.read_snapshot(hit)) if self.store.needs_snapshots else iter(())
         for layer_spec in self.layout.recurrent:
             layer = self.layers[layer_spec.layer_idx]
             for state in layer_spec.states:
                 saved = next(snapshot)[None]
+                if state.kind in WINDOW_KINDS:
+                    # The layer's own tensors from here on (its next update concatenates to them).
+                    window = saved[:, :, -min(num_tokens, saved.shape[2]) :].clone()
+                    if state.kind == "window_keys":
+                        layer.lazy_initialization(window, window)
+                        layer.keys = window
+                    else:
+                        layer.values = window
+                    layer.cumulative_length = num_tokens
+                    continue
                 layer.lazy_initialization(**{f"{state.kind}_states": saved}, state_idx=state.state_idx)
                 tensors = layer.conv_states if state.kind == "conv" else layer.recurrent_states
                 tensors[state.state_idx].copy_(saved)
@@ -320,10 +363,14 @@ class HybridPrefixCache(Cache):
         attention_layers = [self.layers[spec.layer_idx] for spec in self.layout.attention]
 
         def write_page(block_idx: int, views: list[torch.Tensor]) -> None:
-            window = slice(block_idx * block_size, (block_idx + 1) * block_size)
-            for layer, key_view, value_view in zip(attention_layers, views[0::2], views[1::2]):
-                key_view.copy_(layer.keys[0, :, window])
-                value_view.copy_(layer.values[0, :, window])
+            views = iter(views)  # `store.page_specs` order: per attention layer, keys, values, extras
+            start = block_idx * block_size
+            for spec, layer in zip(self.layout.attention, attention_layers):
+                next(views).copy_(layer.keys[0, :, start : start + block_size])
+                next(views).copy_(layer.values[0, :, start : start + block_size])
+                for extra in spec.extras:
+                    live = getattr(layer, extra.name).select(extra.batch_axis, 0)
+                    next(views).copy_(live.narrow(extra.page_token_axis, start, block_size))
 
         # Complete snapshots of published blocks go to the store with them; the others go back now.
         complete = {

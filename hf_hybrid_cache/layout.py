@@ -3,6 +3,11 @@
 The layout is read off a real cache rather than described per family: `probe_layout` runs the model on one
 token with transformers' own `DynamicCache` and records what each cache layer then holds. Any model whose
 layer types `cache_utils.DYNAMIC_LAYER_TYPE_MAPPING` knows is described this way, with no family code.
+
+What a layer keeps per token (K/V, and an indexed layer's indexer keys and positions) is paged by block;
+what it keeps of fixed size is a state, snapshotted at block boundaries: recurrent and conv states, and a
+sliding-window layer's window (the K/V of its last `sliding_window - 1` tokens, which is all such a layer
+holds: the tokens before it are gone by the time a request publishes).
 """
 
 from dataclasses import dataclass
@@ -12,15 +17,24 @@ import torch
 from transformers.cache_utils import (
     DummyLayer,
     DynamicCache,
+    DynamicIndexedLayer,
     DynamicLayer,
+    DynamicSlidingWindowLayer,
     LinearAttentionAndFullAttentionLayer,
+    LinearAttentionAndSlidingWindowAttentionLayer,
     LinearAttentionCacheLayerMixin,
     LinearAttentionLayer,
 )
 
-# The cache layer kinds whose whole state is a prefix's K/V plus fixed-size recurrent states. A sliding window
-# keeps only its last tokens' K/V, so a block's page cannot be read back from it after the request.
-SUPPORTED_CACHE_LAYERS = (DynamicLayer, LinearAttentionLayer, LinearAttentionAndFullAttentionLayer, DummyLayer)
+# The cache layer kinds whose whole state is per-token tensors (paged) plus fixed-size states (snapshotted).
+SUPPORTED_CACHE_LAYERS = (
+    DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer, LinearAttentionLayer,
+    LinearAttentionAndFullAttentionLayer, LinearAttentionAndSlidingWindowAttentionLayer, DummyLayer,
+)
+# State kinds: a recurrent layer's "conv" and "recurrent" states, a sliding layer's window of keys and values.
+WINDOW_KINDS = ("window_keys", "window_values")
+# Per-token tensors of an indexed layer beyond its K/V: (attribute, batch axis, token axis) in the live layer.
+INDEXED_EXTRAS = (("indexer_keys", 0, 1), ("indexer_position_ids", 1, 2))
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,9 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class StateSpec:
-    """One recurrent state of a layer: `kind` "conv" or "recurrent", the layer's `state_idx`, its tensor."""
+    """One fixed-size state of a layer: `kind` "conv" or "recurrent" (the layer's `state_idx`), or
+    "window_keys" / "window_values" (a sliding layer's last `sliding_window - 1` tokens, `[num_kv_heads,
+    sliding_window - 1, head_dim]`, right-aligned while fewer tokens were seen); its tensor."""
 
     kind: str
     state_idx: int
@@ -46,14 +62,39 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class ExtraSpec:
+    """A per-token tensor an indexed layer keeps beside its K/V: the layer's attribute `name`, in the live
+    layer with the batch at `batch_axis` and the tokens at `token_axis` (the batch comes first); `tensor`:
+    one token's part (`indexer_keys` `[index_head_dim]`, `indexer_position_ids` `[position_dims]`)."""
+
+    name: str
+    batch_axis: int
+    token_axis: int
+    tensor: TensorSpec
+
+    @property
+    def page_token_axis(self) -> int:
+        """Where the tokens are once the batch axis is gone."""
+        return self.token_axis - 1
+
+    def page_shape(self, block_size: int) -> tuple[int, ...]:
+        """One block of it: the live shape without the batch, `block_size` tokens."""
+        shape = list(self.tensor.shape)
+        shape.insert(self.page_token_axis, block_size)
+        return tuple(shape)
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """A cached layer. `kv`: one token's keys and values, each `[num_kv_heads, head_dim]` (their shapes may
-    differ: latent attention), or None; `states`: the recurrent states it carries (conv `[conv_dim,
-    conv_width]`, SSM `[...]`), maybe none."""
+    differ: latent attention), or None; `states`: the fixed-size states it carries (conv `[conv_dim,
+    conv_width]`, SSM `[...]`, a sliding window's keys and values), maybe none; `extras`: per-token tensors
+    of an indexed layer beyond its K/V."""
 
     layer_idx: int
     kv: tuple[TensorSpec, TensorSpec] | None
     states: tuple[StateSpec, ...]
+    extras: tuple[ExtraSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,7 +112,7 @@ class ModelLayout:
 
     @cached_property
     def recurrent(self) -> tuple[LayerSpec, ...]:
-        """Layers with recurrent states, whose snapshots a block may hold."""
+        """Layers with fixed-size states (recurrent, conv, sliding windows), whose snapshots a block may hold."""
         return tuple(layer for layer in self.layers if layer.states)
 
     @cached_property
@@ -85,14 +126,16 @@ class ModelLayout:
         def tensor(spec: TensorSpec) -> list:
             return [list(spec.shape), str(spec.dtype).removeprefix("torch."), str(spec.device)]
 
-        layers = [
-            dict(
+        layers = []
+        for layer in self.layers:
+            described = dict(
                 layer_idx=layer.layer_idx,
                 kv=[tensor(spec) for spec in layer.kv] if layer.kv else None,
                 states=[[state.kind, state.state_idx, tensor(state.tensor)] for state in layer.states],
             )
-            for layer in self.layers
-        ]
+            if layer.extras:  # absent otherwise, as in files written before indexed layers were paged
+                described["extras"] = [[e.name, e.batch_axis, e.token_axis, tensor(e.tensor)] for e in layer.extras]
+            layers.append(described)
         return dict(model_type=self.model_type, num_layers=self.num_layers, layers=layers)
 
     @classmethod
@@ -112,6 +155,10 @@ class ModelLayout:
                 layer_idx=int(layer["layer_idx"]),
                 kv=tuple(tensor(item) for item in layer["kv"]) if layer["kv"] is not None else None,
                 states=tuple(StateSpec(str(kind), int(state_idx), tensor(item)) for kind, state_idx, item in layer["states"]),
+                extras=tuple(
+                    ExtraSpec(str(name), int(batch_axis), int(token_axis), tensor(item))
+                    for name, batch_axis, token_axis, item in layer.get("extras", ())
+                ),
             )
             for layer in data["layers"]
         )
@@ -176,11 +223,27 @@ def probe_layout(model: torch.nn.Module) -> ModelLayout:
 
 
 def _layer_spec(layer_idx: int, layer) -> LayerSpec | None:
-    kv = None
-    if isinstance(layer, DynamicLayer) and getattr(layer, "keys", None) is not None and layer.keys.numel():
+    kv, states, extras = None, [], []
+    holds_kv = isinstance(layer, DynamicLayer) and getattr(layer, "keys", None) is not None and layer.keys.numel()
+    if holds_kv and getattr(layer, "is_sliding", False):
+        window = layer.sliding_window - 1
+        for kind, tensor in zip(WINDOW_KINDS, (layer.keys, layer.values)):
+            shape = (tensor.shape[1], window, tensor.shape[3])  # `[num_kv_heads, window, head_dim]`
+            states.append(StateSpec(kind, 0, TensorSpec(shape, tensor.dtype, tensor.device)))
+    elif holds_kv:
         kv = tuple(TensorSpec(tuple(x.shape), x.dtype, x.device) for x in (layer.keys[0, :, 0], layer.values[0, :, 0]))
-    states = []
+    if isinstance(layer, DynamicIndexedLayer):
+        for name, batch_axis, token_axis in INDEXED_EXTRAS:
+            tensor = getattr(layer, name, None)
+            if tensor is not None and tensor.numel():
+                one_token = tensor.select(token_axis, 0).select(batch_axis, 0)
+                extras.append(ExtraSpec(name, batch_axis, token_axis, TensorSpec(tuple(one_token.shape), tensor.dtype, tensor.device)))
     if isinstance(layer, LinearAttentionCacheLayerMixin):
+        if all(tensor is None for tensor in (*layer.conv_states, *layer.recurrent_states)):
+            raise ValueError(
+                f"layer {layer_idx} is a recurrent layer whose cache stayed empty after a forward: the model keeps "
+                "that state elsewhere (on its modules), where a prefix cache cannot save or restore it."
+            )
         for state_idx in range(layer.number_of_states):
             for kind, tensors in (("conv", layer.conv_states), ("recurrent", layer.recurrent_states)):
                 tensor = tensors[state_idx]
@@ -188,4 +251,4 @@ def _layer_spec(layer_idx: int, layer) -> LayerSpec | None:
                     states.append(StateSpec(kind, state_idx, TensorSpec(tuple(tensor.shape[1:]), tensor.dtype, tensor.device)))
     if kv is None and not states:
         return None
-    return LayerSpec(layer_idx, kv, tuple(states))
+    return LayerSpec(layer_idx, kv, tuple(states), tuple(extras))

@@ -10,15 +10,16 @@ The wrapped `generate` acts when the cache passed in is a `HybridPrefixCache`, o
 auto mode is on (`integrations/auto.py`); anything else goes straight to transformers' own `generate`.
 """
 
+import sys
 import types
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
 
 from .cache import HybridPrefixCache
 from .integrations import auto as auto_mode
 from .layout import SUPPORTED_CACHE_LAYERS
-from .models.registry import is_one_pass_mixer, patched_mixer_class
+from .models.registry import REFUSED_FAMILIES, is_one_pass_mixer, patched_mixer_class
 from .models.wrappers import unwrap
 from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest
 from .store.prefix_store import PrefixStore
@@ -50,9 +51,8 @@ def patch(model: torch.nn.Module, auto: bool | None = None, store: PrefixStore |
         store: the `PrefixStore` auto mode uses; None: the process-wide one (`get_default_store()`).
 
     Raises:
-        ValueError: the model cannot be served (encoder-decoder, sliding-window or indexed attention, no
-            attention layer at all, prompt-learning peft adapters); the message says why and lists what is
-            supported.
+        ValueError: the model cannot be served (encoder-decoder, a cache class of its own, no attention layer
+            at all, prompt-learning peft adapters); the message says why and lists what is supported.
     """
     served = unwrap(model)
     if not getattr(served, "_hf_hybrid_cache_patched", False):
@@ -68,13 +68,16 @@ def _patch(model: torch.nn.Module) -> None:
     cache_layers = _check_supported(model)
     _swap_mixers(model)
     if _can_generate(model):
-        recurrent_layers = {idx for idx, layer in enumerate(cache_layers) if isinstance(layer, LinearAttentionCacheLayerMixin)}
+        recurrent = {idx: layer for idx, layer in enumerate(cache_layers) if isinstance(layer, LinearAttentionCacheLayerMixin)}
         # Mixers swapped now or earlier (a submodule such as the base model may have been patched first).
         one_pass_layers = {module.layer_idx for module in model.modules() if is_one_pass_mixer(module)}
-        if not recurrent_layers:
+        # One pass only when our GatedDeltaNets write every state: a layer holding more (Qwen4-Exp's PLE conv
+        # states) has states other modules write, which only a split prefill can snapshot inside a prompt.
+        single_state = all(getattr(layer, "number_of_states", 1) == 1 for layer in recurrent.values())
+        if not recurrent:
             model._hf_hybrid_cache_path = ATTENTION_ONLY
         else:
-            model._hf_hybrid_cache_path = ONE_PASS if recurrent_layers <= one_pass_layers else GENERIC
+            model._hf_hybrid_cache_path = ONE_PASS if set(recurrent) <= one_pass_layers and single_state else GENERIC
         # Bound to the instance (not a closure), so `copy.deepcopy(model)` rebinds it to the copy.
         model.generate = types.MethodType(_generate, model)
         model.register_forward_hook(_end_step, with_kwargs=True)
@@ -86,14 +89,23 @@ def _check_supported(model: torch.nn.Module) -> list:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "get_text_config") or getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}. Supported: {SUPPORTED_MODELS}.")
+    model_type = config.get_text_config(decoder=True).model_type
+    if model_type in REFUSED_FAMILIES:
+        raise ValueError(f"{type(model).__name__} ({model_type}) cannot be served: {REFUSED_FAMILIES[model_type]}.")
+    own_cache = _own_cache_class(model)
+    if own_cache is not None:
+        raise ValueError(
+            f"{type(model).__name__} ({model_type}) keeps its state in a cache "
+            f"class of its own ({own_cache.__name__}) and refuses any other, so a HybridPrefixCache cannot stand in "
+            f"for it. Supported: {SUPPORTED_MODELS}."
+        )
     cache_layers = DynamicCache(config=config).layers
     for layer_idx, layer in enumerate(cache_layers):
         if type(layer) not in SUPPORTED_CACHE_LAYERS:
             raise ValueError(
                 f"{type(model).__name__} ({config.get_text_config(decoder=True).model_type}) has a "
-                f"{type(layer).__name__} cache at layer {layer_idx}: hf_hybrid_cache stores full-attention K/V and "
-                "recurrent states only, and sliding-window, chunked or indexed attention (Gemma 3, gpt-oss, Llama 4, "
-                f"...) keeps K/V it could not page. Supported: {SUPPORTED_MODELS}."
+                f"{type(layer).__name__} cache at layer {layer_idx}, a kind hf_hybrid_cache does not know how to page "
+                f"or snapshot. Supported: {SUPPORTED_MODELS}."
             )
     if not any(isinstance(layer, DynamicLayer) for layer in cache_layers):
         raise ValueError(
@@ -101,6 +113,15 @@ def _check_supported(model: torch.nn.Module) -> list:
             f"holds recurrent states only, so there is nothing to restore into. Supported: {SUPPORTED_MODELS}."
         )
     return cache_layers
+
+
+def _own_cache_class(model: torch.nn.Module) -> type | None:
+    """A `Cache` subclass defined in the model's own modeling module (MiniMax's `MiniMaxCache`), if any."""
+    module = sys.modules.get(type(model).__module__)
+    for obj in vars(module).values() if module is not None else ():
+        if isinstance(obj, type) and issubclass(obj, Cache) and obj.__module__ == module.__name__:
+            return obj
+    return None
 
 
 def _can_generate(model: torch.nn.Module) -> bool:

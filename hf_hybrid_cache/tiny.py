@@ -103,6 +103,19 @@ _QWEN3_5_TEXT = dict(
                          mrope_interleaved=True),
 )
 
+_INKLING2 = dict(
+    unpadded_vocab_size=TINY_VOCAB_SIZE, swa_num_attention_heads=4, swa_num_key_value_heads=2, swa_head_dim=16,
+    sliding_window_size=24, d_rel=4, rel_extent=64, moe_intermediate_size=64, n_routed_experts=4, num_experts_per_tok=2,
+    n_layers_per_attn_res_block=2, layer_types=["hybrid_sliding"] * 3 + ["hybrid"],
+)
+_QWEN4_EXP = dict(
+    _GDN, **_MOE, shared_expert_intermediate_size=64, hc_count=2, hc_lowrank=8, indexer_n_heads=2, indexer_kv_heads=1,
+    indexer_head_dim=16, indexer_budget=16, indexer_compress_ratio=4, layer_types=["linear_attention"] * 3 + ["indexed_attention"],
+    ngram_vocab_size_base=1000, heads_per_ngram=2, split_ngram_parts=4,
+    rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25, mrope_section=[1, 1, 0],
+                         mrope_interleaved=True),
+)
+
 # family -> (config class, model class, config fields beyond _COMMON), all names in `transformers`
 TINY_FAMILIES = {
     "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", _QWEN3_5_TEXT),
@@ -146,12 +159,60 @@ TINY_FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=None)),
+    # Sliding-window attention: windows shorter and longer than the test's 40-token blocks.
+    "mistral_sliding": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=24)),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        sliding_window=24, layer_types=["sliding_attention"] * 3 + ["full_attention"], query_pre_attn_scalar=16,
+    )),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(
+        sliding_window=56, layer_types=["sliding_attention", "full_attention"] * 2, num_local_experts=4,
+        num_experts_per_tok=2,
+    )),
+    # Recurrent layers beside sliding-window attention.
+    "lara_mini": ("LaraMiniConfig", "LaraMiniForCausalLM", dict(
+        _GDN, **_MOE, shared_expert_intermediate_size=64, sliding_window=24,
+        layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"],
+    )),
+    "lfm3": ("Lfm3Config", "Lfm3ForCausalLM", {}),
+    "inkling": ("InklingTextConfig", "InklingForCausalLM", dict(
+        {k: v for k, v in _INKLING2.items() if k != "n_layers_per_attn_res_block"}, n_shared_experts=1,
+    )),
+    "inkling2": ("Inkling2TextConfig", "Inkling2ForCausalLM", _INKLING2),
+    "inkling2_loop": ("Inkling2LoopTextConfig", "Inkling2LoopForCausalLM", _INKLING2),
+    # Mamba layers beside "hybrid" (attention + Mamba) layers.
+    "zamba": ("ZambaConfig", "ZambaForCausalLM", {}),
+    "zamba2": ("Zamba2Config", "Zamba2ForCausalLM", dict(
+        layers_block_type=["mamba", "mamba", "hybrid", "mamba"], mamba_d_state=16, n_mamba_heads=8, chunk_size=16,
+        adapter_rank=8,
+    )),
+    "zaya": ("ZayaConfig", "ZayaForCausalLM", {}),
+    # KDA linear attention beside latent attention.
+    "bailing_hybrid": ("BailingHybridConfig", "BailingHybridForCausalLM", dict(
+        layer_group_size=2, num_key_value_heads=4, moe_intermediate_size=64, kv_lora_rank=32, qk_rope_head_dim=8,
+        v_head_dim=16, qk_nope_head_dim=16, n_group=1, topk_group=1, num_experts_per_tok=2, first_k_dense_replace=1,
+        num_local_experts=4, num_mtp_layers=0,
+    )),
+    # GatedDeltaNet beside indexed (QSA) attention, without and with PLE layers (more conv states per layer).
+    "qwen4_exp": ("Qwen4ExpTextConfig", "Qwen4ExpForCausalLM", _QWEN4_EXP),
+    "qwen4_exp_ple": ("Qwen4ExpTextConfig", "Qwen4ExpForCausalLM", dict(_QWEN4_EXP, ple_layer_ids=[1], ple_embed_dim=32)),
 }
 
 
 # Qwen3.5 vision-language: the qwen3_5 text model and a one-layer vision tower (patch 4, temporal patch 2,
 # 2x2 merge: an image of 8x8 patches becomes 16 placeholder tokens); special tokens inside the tiny vocab.
 TINY_VISION_TOKENS = dict(vision_start_token_id=300, vision_end_token_id=301, image_token_id=302, video_token_id=303)
+# GLM-5-Next ships as a vision-language model only: linear attention with a forget gate beside indexed attention.
+TINY_FAMILIES["glm5_next"] = ("Glm5NextConfig", "Glm5NextForConditionalGeneration", dict(
+    image_token_id=302, video_token_id=303, image_start_token_id=300, image_end_token_id=301,
+    text_config=dict(
+        _COMMON, num_key_value_heads=4, moe_intermediate_size=64, n_routed_experts=4, kv_lora_rank=32, q_lora_rank=32,
+        qk_rope_head_dim=0, v_head_dim=16, qk_nope_head_dim=16, num_experts_per_tok=2, index_topk=16, index_head_dim=16,
+        index_n_heads=2, linear_head_dim=16, linear_num_heads=4, hc_mult=2, hc_sinkhorn_iters=3, index_kpool=4,
+        layer_types=["linear_attention"] * 3 + ["indexed_attention"],
+    ),
+    vision_config=dict(depth=1, hidden_size=32, num_heads=2, out_hidden_size=64, intermediate_size=64, patch_size=4,
+                       spatial_merge_size=2),
+))
 TINY_FAMILIES["qwen3_5_vl"] = ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", dict(
     TINY_VISION_TOKENS,
     text_config=dict(_COMMON, **_QWEN3_5_TEXT),

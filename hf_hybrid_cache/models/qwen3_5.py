@@ -9,7 +9,9 @@ from .gated_delta_net import GatedDeltaNetInputs, PrefixGatedDeltaNet
 from .qwen3_next import PrefixQwen3NextGatedDeltaNet
 
 
-class _Qwen3_5Projections:
+class Qwen3_5Projections:
+    """Qwen3.5's projections and output (shared with Qwen4-Exp, `qwen4_exp.py`)."""
+
     def project(self, hidden_states: torch.Tensor) -> GatedDeltaNetInputs:
         return GatedDeltaNetInputs(
             self.in_proj_qkv(hidden_states).transpose(1, 2),
@@ -21,11 +23,11 @@ class _Qwen3_5Projections:
     gate_and_project_out = PrefixQwen3NextGatedDeltaNet.gate_and_project_out
 
 
-class PrefixQwen3_5GatedDeltaNet(_Qwen3_5Projections, PrefixGatedDeltaNet, Qwen3_5GatedDeltaNet):
+class PrefixQwen3_5GatedDeltaNet(Qwen3_5Projections, PrefixGatedDeltaNet, Qwen3_5GatedDeltaNet):
     pass
 
 
-class PrefixQwen3_5MoeGatedDeltaNet(_Qwen3_5Projections, PrefixGatedDeltaNet, Qwen3_5MoeGatedDeltaNet):
+class PrefixQwen3_5MoeGatedDeltaNet(Qwen3_5Projections, PrefixGatedDeltaNet, Qwen3_5MoeGatedDeltaNet):
     pass
 
 

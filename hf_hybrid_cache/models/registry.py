@@ -18,11 +18,17 @@ from .peft_state import adapter_state
 # Inputs whose content the block keys cannot see (except images and videos of the models `vision.py` knows):
 # such requests run uncached.
 UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "image_embeds", "inputs_embeds")
+# Families whose cache layers do not hold their whole state, with the reason (checked with transformers 5.24).
+REFUSED_FAMILIES = {
+    "recurrent_gemma": "its recurrent blocks keep their conv and RG-LRU states on the modules, not in the cache, "
+    "and a multi-token step restarts the conv from zeros: a restored prefix could not be continued",
+}
 ADAPTER_MODULES = {
     "Qwen3NextGatedDeltaNet": "hf_hybrid_cache.models.qwen3_next",
     "Qwen3_5GatedDeltaNet": "hf_hybrid_cache.models.qwen3_5",
     "Qwen3_5MoeGatedDeltaNet": "hf_hybrid_cache.models.qwen3_5",
     "OlmoHybridGatedDeltaNet": "hf_hybrid_cache.models.olmo_hybrid",
+    "Qwen4ExpTextGatedDeltaNet": "hf_hybrid_cache.models.qwen4_exp",
     "JambaMambaMixer": "hf_hybrid_cache.models.jamba",
 }
 

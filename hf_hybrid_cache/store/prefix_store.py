@@ -91,6 +91,8 @@ class PrefixStore:
         self._lock = threading.RLock()
         self._index = BlockIndex()
         self._tiers: TierStack | None = None  # made by `bind`, once the layout is known
+        self._page_axes: list[int] = []  # per page tensor, its token axis (`bind`)
+        self._page_groups: list[int] = []  # per attention layer, how many page tensors it has
         self._counters = dict(queries=0, query_tokens=0, hit_tokens=0)
 
     def __repr__(self) -> str:
@@ -114,12 +116,18 @@ class PrefixStore:
             if model_fingerprint is not None and self.layout in (None, layout):
                 self.model_fingerprints.add(model_fingerprint.hex())
             if self.layout is None:
-                # Per attention layer, its keys then its values: `[num_kv_heads, block_size, head_dim]` each.
-                page_specs = [
-                    TensorSpec((spec.shape[0], self.block_size, *spec.shape[1:]), spec.dtype, spec.device)
+                # Per attention layer, its keys then its values `[num_kv_heads, block_size, head_dim]`, then an
+                # indexed layer's extras (`ExtraSpec.page_shape`); (spec, token axis) each.
+                page_parts = [
+                    [(TensorSpec((spec.shape[0], self.block_size, *spec.shape[1:]), spec.dtype, spec.device), 1)
+                     for spec in layer.kv]
+                    + [(TensorSpec(extra.page_shape(self.block_size), extra.tensor.dtype, extra.tensor.device),
+                        extra.page_token_axis) for extra in layer.extras]
                     for layer in layout.attention
-                    for spec in layer.kv
                 ]
+                page_specs = [spec for group in page_parts for spec, _ in group]
+                self._page_axes = [axis for group in page_parts for _, axis in group]
+                self._page_groups = [len(group) for group in page_parts]
                 snapshot_specs = [state.tensor for state in layout.state_specs]
                 page_bytes = sum(spec.num_bytes for spec in page_specs)
                 snapshot_bytes = sum(spec.num_bytes for spec in snapshot_specs)
@@ -216,18 +224,20 @@ class PrefixStore:
             unpin(hit.blocks)
             hit.blocks = []
 
-    def read_pages(self, hit: Hit) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The K/V of `hit`'s blocks per attention layer: keys, values `[num_kv_heads, num_tokens, head_dim]`.
+    def read_pages(self, hit: Hit) -> list[tuple[torch.Tensor, ...]]:
+        """The paged tensors of `hit`'s blocks per attention layer: keys, values `[num_kv_heads, num_tokens,
+        head_dim]`, then an indexed layer's extras (their tokens along `ExtraSpec.page_token_axis`).
 
         Safe without the lock: pinned pages are never freed nor rewritten, and slot views never move.
         """
         per_block = [self._tiers.views("page", block.page_id, block.page_tier) for block in hit.blocks]
-        # Per cache tensor, the blocks' `[H, block_size, D]` pages side by side along the sequence (a page
-        # the host tier could not give back to the device is copied over here).
-        gathered = [
-            torch.cat([page.to(spec.device) for page in pages], dim=1) for spec, pages in zip(self.page_specs, zip(*per_block))
-        ]
-        return list(zip(gathered[0::2], gathered[1::2]))
+        # Per cache tensor, the blocks' pages side by side along the tokens (a page the host tier could not
+        # give back to the device is copied over here).
+        gathered = iter(
+            torch.cat([page.to(spec.device) for page in pages], dim=axis)
+            for spec, axis, pages in zip(self.page_specs, self._page_axes, zip(*per_block))
+        )
+        return [tuple(next(gathered) for _ in range(size)) for size in self._page_groups]
 
     def read_snapshot(self, hit: Hit) -> list[torch.Tensor]:
         """The snapshot of `hit`'s last block: every recurrent state in `layout.state_specs` order.

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+from transformers import MiniMaxConfig, MiniMaxForCausalLM
 
 import hf_hybrid_cache as hhc
 from hf_hybrid_cache.models.qwen3_next import PrefixQwen3NextGatedDeltaNet
@@ -21,14 +21,18 @@ def test_patch_is_idempotent(model):
     assert gdn_layers and all(type(gdn) is PrefixQwen3NextGatedDeltaNet for gdn in gdn_layers)
 
 
-def test_sliding_window_model_is_refused_with_what_is_supported():
-    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                               num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=8))
-    with pytest.raises(ValueError, match=r"DynamicSlidingWindowLayer cache at layer 0.*Supported: decoder-only.*qwen3_5"):
-        hhc.patch(gemma)
-    assert not hasattr(gemma, "_hf_hybrid_cache_patched")
+def test_a_model_with_a_cache_class_of_its_own_is_refused_at_patch():
+    """MiniMax runs only on its MiniMaxCache: refused at patch(), with the reason, not inside generate."""
+    minimax = MiniMaxForCausalLM(MiniMaxConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, num_local_experts=2, num_experts_per_tok=1,
+        layer_types=["linear_attention", "full_attention"],
+    ))
+    with pytest.raises(ValueError, match=r"cache class of its own \(MiniMaxCache\).*Supported: decoder-only"):
+        hhc.patch(minimax)
+    assert not hasattr(minimax, "_hf_hybrid_cache_patched")
     with pytest.raises(ValueError, match=r"not patched: call hf_hybrid_cache.patch\(model\)"):
-        hhc.HybridPrefixCache(gemma)
+        hhc.HybridPrefixCache(minimax)
 
 
 def test_unpatched_model_is_refused_with_the_fix():
