@@ -25,10 +25,11 @@ from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest
 from .store.prefix_store import PrefixStore
 
 SUPPORTED_MODELS = (
-    "decoder-only models whose cache layers are full attention, recurrent states or both: gated-delta-rule "
-    "families on our kernels (qwen3_next, qwen3_5, qwen3_5_moe, olmo_hybrid), Mamba2 / short-conv / KDA "
-    "hybrids on transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, jamba, lfm2, kimi_linear, "
-    "...), and plain attention models (llama, qwen3, mistral, ...)"
+    "decoder-only models whose cache layers are full, sliding-window or indexed attention, recurrent states or "
+    "both, with at least one attention layer: gated-delta-rule families on our kernels (qwen3_next, qwen3_5, "
+    "qwen3_5_moe, olmo_hybrid, qwen4_exp), Mamba / Mamba2 / short-conv / KDA hybrids on transformers' own layers "
+    "(nemotron_h, granitemoehybrid, falcon_h1, bamba, jamba, lfm2, lfm3, kimi_linear, zamba, ...), and attention "
+    "models (llama, qwen3, mistral, gemma3, gpt_oss, ...); README's table lists every family"
 )
 
 
