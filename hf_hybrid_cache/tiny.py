@@ -239,6 +239,64 @@ def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, *
     return _build(model_class, tiny_config(family, **overrides), seed, dtype, name=f"tiny-{family}(seed={seed})")
 
 
+# Families without a hand-written tiny config: their default config with these fields (where it has them)
+# shrunk, and four layers that keep the mix of its layer types (`tiny_default_config`).
+_SHRUNK_FIELDS = dict(
+    _COMMON, num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+    shared_expert_intermediate_size=64, n_shared_experts=1, sliding_window=24, kv_lora_rank=32, q_lora_rank=32,
+    qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_group=1, topk_group=1, index_head_dim=16,
+    index_n_heads=2, index_topk=16, first_k_dense_replace=1, query_pre_attn_scalar=16, **_GDN,
+)
+# The model classes that generate, looked up in this order (a causal LM, else a vision-language model).
+_GENERATING_MAPPINGS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+                        "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES")
+
+
+# Families whose shrunk default config builds, runs, stays small and is tested (`tests/models/test_families.py`)
+# beside the hand-written ones; `scripts/family_table.py` lists the others. Left out: those whose shrunk model
+# keeps default-sized parts the generic shrink does not reach (cohere2, exaone4, idefics2, muse_*, nemo_speechlm:
+# 4-21 GB), and moshi, whose own continuation of a cache differs from one forward by logits of ~3.
+AUTO_TINY_FAMILIES = (
+    "afmoe", "beam", "cohere2_moe", "cwm", "exaone_moe", "flint", "gemma2", "gemma3", "granite_swa", "granitemoe_swa",
+    "kolibri1", "lfm3_vl", "llama4", "llama4_text", "mimo_v2_flash", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7",
+    "modernbert-decoder", "olmo3", "shieldgemma2", "vaultgemma",
+)
+
+
+def generating_class_name(model_type: str) -> str | None:
+    """The name of the class in `transformers` that generates for `model_type`, if any."""
+    from transformers.models.auto import modeling_auto
+
+    for mapping in _GENERATING_MAPPINGS:
+        names = getattr(modeling_auto, mapping)
+        if model_type in names:
+            return names[model_type]
+    return None
+
+
+def tiny_default_config(model_type: str):
+    """`model_type`'s default config (its text config for a text class mapped from a vision-language type)
+    shrunk: the fields of `_SHRUNK_FIELDS` it has, and four layers cycling through its layer types."""
+    config = transformers.CONFIG_MAPPING[model_type]()
+    text = config.get_text_config(decoder=True)
+    for name, value in _SHRUNK_FIELDS.items():
+        if getattr(text, name, None) is not None:
+            setattr(text, name, value)
+    if getattr(text, "layer_types", None):
+        kinds = list(dict.fromkeys(text.layer_types))
+        text.layer_types = (kinds * 4)[: max(4, len(kinds))]
+        text.num_hidden_layers = len(text.layer_types)
+    else:
+        text.num_hidden_layers = 4
+    return config if text is not config and "Conditional" in (generating_class_name(model_type) or "") else text
+
+
+def tiny_default_model(model_type: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A randomly initialised model of `model_type` built from `tiny_default_config`, in eval mode."""
+    model_class = getattr(transformers, generating_class_name(model_type))
+    return _build(model_class, tiny_default_config(model_type), seed, dtype, name=f"tiny-default-{model_type}(seed={seed})")
+
+
 # Special tokens of the byte-level tokenizer, at the ids the tiny config declares (pad 0, bos 1, eos 2).
 # eos is the end-of-turn marker, so generation stops where a chat turn ends.
 TINY_SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|im_end|>", "<|im_start|>")

@@ -6,7 +6,7 @@ reason it refuses. The README's family table is this script's output.
 
 Each model is built from its default config on the meta device (no memory, no weights) and patched, so the
 decision is `patch()`'s own. "tested" marks the families `tests/models/test_families.py` runs on tiny
-configs (cached equal to cold, hits as each mode predicts).
+configs (cached equal to cold, hits as each mode predicts): hand-written ones, and shrunk default configs.
 """
 
 import argparse
@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.auto import modeling_auto
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.tiny import TINY_FAMILIES
+from hf_hybrid_cache.tiny import AUTO_TINY_FAMILIES, TINY_FAMILIES
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()
@@ -78,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="README table rows")
     args = parser.parse_args()
-    tested = TESTED | {TESTED_ALIASES.get(name, name) for name in TINY_FAMILIES}
+    tested = TESTED | {TESTED_ALIASES.get(name, name) for name in TINY_FAMILIES} | set(AUTO_TINY_FAMILIES)
     rows = []
     for model_type in sorted(CONFIG_MAPPING.keys()):
         try:

@@ -15,7 +15,7 @@ from cold_oracle import (
     random_tokens,
     split_continuation_error,
 )
-from hf_hybrid_cache.tiny import TINY_FAMILIES, tiny_model
+from hf_hybrid_cache.tiny import AUTO_TINY_FAMILIES, TINY_FAMILIES, tiny_default_model, tiny_model
 
 FAMILIES = ["qwen3_next", *TINY_FAMILIES]
 MODES = ["none", "align", "branch", "all"]
@@ -139,3 +139,20 @@ def test_jamba_continues_multi_token_steps_from_the_cached_state():
     before = split_continuation_error(unpatched)
     assert split_continuation_error(hhc.patch(tiny_model("jamba", seed=0))) < 1e-4
     assert split_continuation_error(unpatched) == before
+
+
+@pytest.mark.parametrize("model_type", AUTO_TINY_FAMILIES)
+def test_families_from_their_shrunk_default_configs(model_type):
+    """Every other accepted family whose default config shrinks to a tiny one (`tiny_default_config`): a second
+    prompt sharing 60 tokens is served 48 (mode all, block 16) and equals cold."""
+    cold, model = tiny_default_model(model_type), hhc.patch(tiny_default_model(model_type))
+    tolerance = max(FIRST_LOGITS_TOLERANCE, 4 * split_continuation_error(model))
+    store = hhc.PrefixStore(block_size=16, mamba_cache_mode="all", max_bytes=64 << 20)
+    first = random_tokens(70, seed=1)[None]
+    second = torch.cat([first[0, :60], random_tokens(10, seed=5)])[None]
+    for prompt, expected_cached in ((first, 0), (second, 48)):
+        cache = hhc.HybridPrefixCache(model, store=store)
+        output = generate(model, prompt, cache, max_new_tokens=MAX_NEW_TOKENS)
+        assert_same_as_cold(output, cold_generate(cold, prompt, max_new_tokens=MAX_NEW_TOKENS), tolerance)
+        assert cache.num_cached_tokens == expected_cached
+    store.check_invariants()
