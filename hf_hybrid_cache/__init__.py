@@ -10,11 +10,14 @@ Hugging Face transformers.
     hhc.patch(model, auto=True)                      # or: every generate() without a cache uses one
     model.generate(input_ids, max_new_tokens=32)
     hhc.cached_tokens(input_ids)
+
+    hhc.score(model, [token_ids], logits_from=[context_len - 1])   # logits of a continuation, prefix served
 """
 
 from .cache import HybridPrefixCache
 from .integrations.auto import cached_tokens
 from .patching import patch
+from .scoring import score
 from .store import PrefixStore, get_default_store, set_default_store
 
-__all__ = ["HybridPrefixCache", "PrefixStore", "cached_tokens", "get_default_store", "patch", "set_default_store"]
+__all__ = ["HybridPrefixCache", "PrefixStore", "cached_tokens", "get_default_store", "patch", "score", "set_default_store"]

@@ -7,6 +7,7 @@ store slots reserved for them, the restore of a hit and the publish of the reque
 happens is `request.py`'s decision.
 """
 
+import copy
 import warnings
 
 import torch
@@ -27,8 +28,9 @@ class HybridPrefixCache(Cache):
 
     Pass it to a patched model's `generate(..., past_key_values=cache)` (or `cache=`): generate first
     restores the longest cached prefix (`num_cached_tokens` says how long), computes only the rest, and
-    publishes the request's complete blocks when it ends. Hits apply to batch size 1; larger batches run
-    exactly like a `DynamicCache` and are neither served nor published.
+    publishes the request's complete blocks when it ends. In a batch (left padded; repeated prompts,
+    `num_return_sequences` and beams included) each row is served and published on its own (`batch.py`):
+    `cached_tokens_per_row` says how many of each row's prompt tokens were not computed.
 
     Args:
         model: a model with `generate` (or a peft or `torch.compile` wrapper of one) on which
@@ -84,6 +86,11 @@ class HybridPrefixCache(Cache):
         self._pending: dict[int, list[int]] = {}
         self._refused: set[int] = set()  # boundaries the store had no room for
         self._decode_boundary: int | None = None  # branch mode: the one boundary past the prompt kept
+        self._shared_boundaries: set[int] = set()  # where the prompt parts from another of its batch
+        # A batched request (`batch.py`): a row cache per row and the column its tokens start at.
+        self._rows: list[HybridPrefixCache] = []
+        self._row_offsets: list[int] = []
+        self.cached_tokens_per_row: list[int] = []  # a batched request's `num_cached_tokens`, per row
 
     def __repr__(self) -> str:
         return (
@@ -181,7 +188,10 @@ class HybridPrefixCache(Cache):
 
     def end_step(self, seq_len: int) -> None:
         """After each forward of the model: advance the position, and snapshot every recurrent state if the
-        step ended on a boundary this request saves."""
+        step ended on a boundary this request saves (each row's own, in a batch)."""
+        if self._rows:
+            self._end_rows_step(seq_len)
+            return
         start, self.num_seen_tokens = self.num_seen_tokens, self.num_seen_tokens + seq_len
         boundary = self.num_seen_tokens
         if not self._recording or self.saved_boundaries(start, boundary)[-1:] != [boundary]:
@@ -228,7 +238,10 @@ class HybridPrefixCache(Cache):
         if not self.store.needs_snapshots:
             return []
         store = self.store
-        return saved_boundaries(store.mamba_cache_mode, store.block_size, self._prompt_len, start, end, self._branch_point)
+        boundaries = saved_boundaries(store.mamba_cache_mode, store.block_size, self._prompt_len, start, end, self._branch_point)
+        if store.mamba_cache_mode == "none" or not self._shared_boundaries:
+            return boundaries
+        return sorted({*boundaries, *(b for b in self._shared_boundaries if start < b <= end)})
 
     def _live_states(self) -> list[torch.Tensor]:
         """Every state of sequence 0, in `layout.state_specs` order (views of the live state). A sliding
@@ -248,16 +261,22 @@ class HybridPrefixCache(Cache):
     # -- the request's side (see request.py) ---------------------------------------------------------------
 
     def begin_request(
-        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, keying: PromptKeying | None = TEXT
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        keying: PromptKeying | None = TEXT,
+        shared_boundaries: set[int] | None = None,
     ) -> None:
         """Before generate: restore the longest cached prefix of `input_ids` `[batch, prompt_len]`.
 
         `keying`: what the block keys digest beyond token ids and where a hit may end (`models/keying.py`);
         None: the keys cannot see all of the request's inputs, so nothing is looked up or published.
+        `shared_boundaries`: more boundaries to save states at (where other rows of a batch part from it).
         """
         self._in_request = True
         self.num_cached_tokens = 0
         self._pending, self._refused, self._decode_boundary, self._branch_point = {}, set(), None, 0
+        self._shared_boundaries = shared_boundaries or set()
         self._num_stored_blocks = 0
         self._recording = False
         if keying is None or input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
@@ -345,6 +364,9 @@ class HybridPrefixCache(Cache):
 
     def abort_request(self) -> None:
         """After a failed generate: publish nothing and drop the half-updated live state."""
+        rows, self._rows = self._rows, []
+        for row in rows:
+            row.abort_request()
         self._close_request()
         self.reset()
 
@@ -381,6 +403,94 @@ class HybridPrefixCache(Cache):
         pending, self._pending = self._pending, {}
         self.store.release_snapshots(slot_id for boundary, (slot_id, _) in pending.items() if boundary not in complete)
         self.store.publish(keys, write_page, {boundary // block_size - 1: slot_id for boundary, slot_id in complete.items()})
+
+    # -- batches (see batch.py) -----------------------------------------------------------------------------
+
+    def new_row(self) -> "HybridPrefixCache":
+        """A new batch-1 cache of the same model, store and namespace, for one row of a batch."""
+        row = copy.copy(self)  # the layout, fingerprint and store are shared; the rest is made anew
+        layer_types, layer_kwargs = get_layer_types_and_kwargs(self.model.config.get_text_config(decoder=True))
+        row.layers = [DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs) for kind, kwargs in zip(layer_types, layer_kwargs)]
+        row._pending, row._refused, row._shared_boundaries, row._hit = {}, set(), set(), None
+        row._rows, row._row_offsets, row.cached_tokens_per_row = [], [], []
+        row._token_ids, row.num_seen_tokens, row.num_cached_tokens = None, 0, 0
+        return row
+
+    def fork(self) -> "HybridPrefixCache":
+        """Another row with this row's prompt, served by this row's computation (repeated prompts, samples):
+        it holds no pins nor slots of its own, and publishes what it generates. Counted as a hit of every
+        token this row holds."""
+        row = self.new_row()
+        row._in_request, row._recording = True, self._recording
+        row._prompt_len, row._root, row._block_extras = self._prompt_len, self._root, self._block_extras
+        row._branch_point, row._num_stored_blocks = self._branch_point, self._num_stored_blocks
+        row.num_seen_tokens = row.num_cached_tokens = self.num_seen_tokens
+        self.store.count_shared(self._prompt_len, self.num_seen_tokens)
+        return row
+
+    def publish_held(self, token_ids: torch.Tensor, record_more: bool = True) -> None:
+        """Publish the complete blocks of the tokens held so far, `token_ids[:num_seen_tokens]` (a batch row's
+        prompt, before the batch decodes), with the snapshots taken in them; the request goes on, saving
+        states further on if `record_more`."""
+        if self._recording and self.num_seen_tokens:
+            self._publish(token_ids[: self.num_seen_tokens])
+            self._num_stored_blocks = max(self._num_stored_blocks, self.num_seen_tokens // self.store.block_size)
+        self._recording = self._recording and record_more
+
+    def begin_batch(self) -> None:
+        """Before a batched generate: the rows are served by row caches (`batch.py`), not looked up here."""
+        self.begin_request(None, None, None)
+
+    def stack_rows(
+        self, rows: list["HybridPrefixCache"], sources: list["HybridPrefixCache"], offsets: list[int], track_rows: bool
+    ) -> None:
+        """Take the live state of `sources[s]` (the row cache that computed row s's prompt) for row s, its
+        tokens from column `offsets[s]`; `rows[s]` keeps row s's bookkeeping. `track_rows`: the rows keep
+        their order while generating (no beams), so each snapshots and publishes its own sequence."""
+        from .batch import stack_layers
+
+        self.num_seen_tokens = max(offset + row.num_seen_tokens for row, offset in zip(rows, offsets))
+        stack_layers(self, sources)
+        self.cached_tokens_per_row = [row.num_cached_tokens for row in rows]
+        self.num_cached_tokens = sum(self.cached_tokens_per_row)
+        self._rows, self._row_offsets = rows, offsets
+        if not track_rows:
+            for row in rows:
+                row.end_request(None)
+            self._rows = []
+
+    def _end_rows_step(self, seq_len: int) -> None:
+        from .batch import bind_row
+
+        self.num_seen_tokens += seq_len
+        block_size = self.store.block_size
+        for row_idx, (row, offset) in enumerate(zip(self._rows, self._row_offsets)):
+            seen = self.num_seen_tokens - offset
+            if not row._recording or seen % block_size:
+                row.num_seen_tokens = seen
+                continue
+            bind_row(self, row, row_idx, offset)
+            row.num_seen_tokens -= seq_len
+            row.end_step(seq_len)
+
+    def end_batch(self, sequences: torch.Tensor | None, eos_ids: set[int]) -> None:
+        """After a batched generate: each row publishes its sequence (`sequences` `[rows, total_len]`) up to
+        its first end-of-sequence token."""
+        from .batch import bind_row
+
+        rows, self._rows = self._rows, []
+        for row_idx, (row, offset) in enumerate(zip(rows, self._row_offsets)):
+            if sequences is None:
+                row.end_request(None)
+                continue
+            bind_row(self, row, row_idx, offset)
+            tokens = sequences[row_idx, offset:]
+            generated = tokens[row._prompt_len :].tolist()
+            ends = [i for i, token in enumerate(generated) if token in eos_ids]
+            if ends:
+                row.num_seen_tokens = min(row.num_seen_tokens, row._prompt_len + ends[0] + 1)
+            row.end_request(tokens[None])
+        self._close_request()
 
     def reset(self) -> None:
         super().reset()

@@ -7,7 +7,8 @@ hands over the states at block boundaries inside a prefill. Generic: any other r
 Mamba2, short convs, KDA ...) runs transformers' own forward, and the prefill is split at exactly the
 boundaries the mode saves. Models without recurrent layers need neither.
 The wrapped `generate` acts when the cache passed in is a `HybridPrefixCache`, or when none is passed and
-auto mode is on (`integrations/auto.py`); anything else goes straight to transformers' own `generate`.
+auto mode is on (`integrations/auto.py`): one sequence goes to `request.py`, several (a batch, samples,
+beams) to `batch.py`. Anything else goes straight to transformers' own `generate`.
 """
 
 import sys
@@ -21,7 +22,8 @@ from .integrations import auto as auto_mode
 from .layout import SUPPORTED_CACHE_LAYERS
 from .models.registry import REFUSED_FAMILIES, is_one_pass_mixer, patched_mixer_class
 from .models.wrappers import unwrap
-from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest
+from .batch import BatchRequest
+from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest, sequences_per_prompt
 from .store.prefix_store import PrefixStore
 
 SUPPORTED_MODELS = (
@@ -46,9 +48,9 @@ def patch(model: torch.nn.Module, auto: bool | None = None, store: PrefixStore |
     the transformers model inside it (`models/wrappers.py`); the wrapper is returned.
 
     Args:
-        auto: True: every `generate()` that passes no cache runs on a `HybridPrefixCache` over `store` (what
-            caching cannot serve, such as a batch or beam search, runs as unpatched generate); False: turn
-            that off again; None (default): leave it as it is.
+        auto: True: every `generate()` that passes no cache runs on a `HybridPrefixCache` over `store`
+            (batches, samples and beams included; what caching cannot serve, such as assisted decoding,
+            runs as unpatched generate); False: turn that off again; None (default): leave it as it is.
         store: the `PrefixStore` auto mode uses; None: the process-wide one (`get_default_store()`).
 
     Raises:
@@ -155,10 +157,20 @@ def _end_step(model, args, kwargs, output) -> None:
 
 def _generate(self, *args, **kwargs):
     cache = kwargs.get("past_key_values", kwargs.get("cache"))
-    if cache is None and auto_mode.wants_cache(self, args, kwargs):
+    auto = cache is None and auto_mode.wants_cache(self, args, kwargs)
+    if auto:
         kwargs.pop("past_key_values", None)
         cache = kwargs["cache"] = HybridPrefixCache(self, store=auto_mode.store_of(self))
-        return PrefixRequest(self, cache, args, kwargs, record_hit=True).run()
-    if not isinstance(cache, HybridPrefixCache):
+    elif not isinstance(cache, HybridPrefixCache):
         return type(self).generate(self, *args, **kwargs)
-    return PrefixRequest(self, cache, args, kwargs).run()
+    if cache.model is not self:
+        raise ValueError(
+            "This HybridPrefixCache was built for another model: create one per model, "
+            "HybridPrefixCache(model, store=...)."
+        )
+    input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    num_beams, num_return_sequences = sequences_per_prompt(self, kwargs)
+    batch_size = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.ndim == 2 else 1
+    if batch_size > 1 or num_beams > 1 or num_return_sequences > 1:
+        return BatchRequest(self, cache, args, kwargs, num_beams, num_return_sequences, auto=auto).run()
+    return PrefixRequest(self, cache, args, kwargs, record_hit=auto).run()

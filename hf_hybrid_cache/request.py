@@ -31,14 +31,8 @@ class PrefixRequest:
     def run(self):
         """Generate, served from and published to the store; returns what generate returns."""
         model, cache, kwargs = self.model, self.cache, self.kwargs
-        if cache.model is not model:
-            raise ValueError(
-                "This HybridPrefixCache was built for another model: create one per model, "
-                "HybridPrefixCache(model, store=...)."
-            )
-        _check_generation_settings(model, kwargs)
         input_ids = self.args[0] if self.args else kwargs.get("input_ids", kwargs.get("inputs"))
-        _check_input_ids(model, input_ids)
+        check_input_ids(model, input_ids)
         # None: nothing is looked up or published, the keys would not see all the inputs.
         keying = prompt_keying(model, input_ids, kwargs)
         try:
@@ -60,35 +54,33 @@ class PrefixRequest:
         return output
 
 
-@torch.no_grad()
 def _prefill_to_boundaries(model, cache: HybridPrefixCache, input_ids: torch.Tensor) -> None:
     """Run the prompt up to each boundary the mode saves, one forward per stretch: the step hook then
     snapshots the states there. Generate computes the rest of the prompt from the cache."""
-    boundaries = cache.prefill_boundaries()
-    if not boundaries:
-        return
+    for boundary in cache.prefill_boundaries():
+        forward_to(model, cache, input_ids, boundary)
+
+
+@torch.no_grad()
+def forward_to(model, cache: HybridPrefixCache, input_ids: torch.Tensor, end: int) -> None:
+    """One forward of `input_ids[:, cache.num_seen_tokens:end]` on `cache` (batch 1), keeping the logits of
+    one token only."""
+    start = cache.num_seen_tokens
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    for boundary in boundaries:
-        start = cache.num_seen_tokens
-        # Positions passed explicitly, as generate does: some families (Bamba) restart them at 0 otherwise.
-        positions = torch.arange(start, boundary, device=input_ids.device)[None]
-        model(input_ids=input_ids[:, start:boundary], position_ids=positions, cache=cache, use_cache=True, **extra)
+    # Positions passed explicitly, as generate does: some families (Bamba) restart them at 0 otherwise.
+    positions = torch.arange(start, end, device=input_ids.device)[None]
+    model(input_ids=input_ids[:, start:end], position_ids=positions, cache=cache, use_cache=True, **extra)
 
 
-def _check_generation_settings(model, kwargs) -> None:
+def sequences_per_prompt(model, kwargs: dict) -> tuple[int, int]:
+    """(num_beams, num_return_sequences) of a generate call."""
     config = kwargs.get("generation_config") or model.generation_config
     num_beams = kwargs.get("num_beams", config.num_beams) or 1
     num_return_sequences = kwargs.get("num_return_sequences", config.num_return_sequences) or 1
-    if num_beams > 1 or num_return_sequences > 1:
-        raise ValueError(
-            f"HybridPrefixCache runs one sequence per prompt (got num_beams={num_beams}, "
-            f"num_return_sequences={num_return_sequences}). For beam search, generate without it "
-            "(past_key_values=None uses a DynamicCache); for several samples, call generate once per sample "
-            "with a new HybridPrefixCache each: the shared prompt is then served from the store."
-        )
+    return num_beams, num_return_sequences
 
 
-def _check_input_ids(model, input_ids) -> None:
+def check_input_ids(model, input_ids) -> None:
     if not isinstance(input_ids, torch.Tensor):
         return  # inputs_embeds: nothing to look up, generate validates the rest
     if input_ids.ndim != 2 or input_ids.numel() == 0:

@@ -5,6 +5,7 @@ never imports triton; every other device runs the plain-PyTorch paths (`*_cpu.py
 `reference.py` are the test oracles and never run here.
 """
 
+import functools
 import importlib
 
 import torch
@@ -40,6 +41,20 @@ def _triton_launcher(op: str):
     return getattr(module, f"{op}_triton")
 
 
+def _without_autocast(op):
+    """Run `op` with autocast off: the kernels pick their precisions themselves (fp32 states and
+    accumulations), which autocast would otherwise recast to its lower dtype (a model generating inside a
+    bf16 autocast region, as TRL's trainers do)."""
+
+    @functools.wraps(op)
+    def run(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return op(*args, **kwargs)
+
+    return run
+
+
+@_without_autocast
 def chunk_gated_delta_rule(
     q, k, v, g, beta, initial_state=None, checkpoint_offsets=(), use_qk_l2norm=True, scale=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,6 +80,7 @@ def chunk_gated_delta_rule(
     )
 
 
+@_without_autocast
 def recurrent_gated_delta_rule(q, k, v, g, beta, state, use_qk_l2norm=True, scale=None) -> torch.Tensor:
     """Decode step(s), T small: shapes as `chunk_gated_delta_rule`; `state` `[B, Hv, K, V]` fp32 updated in
     place (its address never changes). Returns o `[B, T, Hv, V]` in q's dtype."""
@@ -74,6 +90,7 @@ def recurrent_gated_delta_rule(q, k, v, g, beta, state, use_qk_l2norm=True, scal
     return impl(q, k, v, g, beta, state=state, use_qk_l2norm=use_qk_l2norm, scale=scale)
 
 
+@_without_autocast
 def causal_conv1d(
     x, weight, bias=None, conv_state=None, activation="silu", checkpoint_offsets=()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,6 +113,7 @@ def causal_conv1d(
     )
 
 
+@_without_autocast
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu") -> torch.Tensor:
     """Decode step(s): x `[B, D, T]` (T small); `conv_state` `[B, D, W]` updated in place. Returns `[B, D, T]`."""
     check_causal_conv1d(x, weight, bias, conv_state, activation)

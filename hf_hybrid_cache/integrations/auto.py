@@ -1,9 +1,10 @@
 """Auto mode: `generate()` calls that pass no cache run on a `HybridPrefixCache` by themselves, so code that
 never builds a cache (pipelines, chat loops, `transformers serve`) reuses prompt prefixes too.
 
-A request prefix caching cannot serve (a batch, beam search, several return sequences, assisted decoding,
-another cache implementation, `use_cache=False`) runs exactly as unpatched generate. How many prompt tokens a
-request was served from the store is kept per input tensor (`cached_tokens`), for callers that report it.
+Batches, samples and beams are served too (`batch.py`). A request prefix caching cannot serve (assisted
+decoding, another cache implementation, `use_cache=False`, a batch padded on the right) runs exactly as
+unpatched generate. How many prompt tokens a request was served from the store (all rows together) is kept
+per input tensor (`cached_tokens`), for callers that report it.
 """
 
 import weakref
@@ -36,7 +37,7 @@ def wants_cache(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
     if not getattr(model, "_hf_hybrid_cache_auto", False):
         return False
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] != 1:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
         return False
     config = kwargs.get("generation_config") or model.generation_config
 
@@ -44,9 +45,7 @@ def wants_cache(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
         return kwargs[name] if name in kwargs else getattr(config, name, None)
 
     return (
-        (setting("num_beams") or 1) == 1
-        and (setting("num_return_sequences") or 1) == 1
-        and setting("use_cache") is not False
+        setting("use_cache") is not False
         and setting("cache_implementation") is None
         and kwargs.get("assistant_model") is None
         and setting("prompt_lookup_num_tokens") is None

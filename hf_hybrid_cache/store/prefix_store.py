@@ -218,6 +218,14 @@ class PrefixStore:
             self._counters["hit_tokens"] += best * self.block_size
             return hit
 
+    def count_shared(self, num_query_tokens: int, num_hit_tokens: int) -> None:
+        """Count a prompt served from another row of the same call (a repeated prompt, a sample) as a query
+        whose first `num_hit_tokens` were not computed."""
+        with self._lock:
+            self._counters["queries"] += 1
+            self._counters["query_tokens"] += num_query_tokens
+            self._counters["hit_tokens"] += num_hit_tokens
+
     def release(self, hit: Hit) -> None:
         """Unpin the blocks of `hit`; call once per `lookup`."""
         with self._lock:

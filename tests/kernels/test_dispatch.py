@@ -70,3 +70,18 @@ def test_imports_and_runs_on_cpu_without_triton():
     result = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_TRITON], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "pip install 'hf-hybrid-cache[triton]'" in result.stdout
+
+
+def test_autocast_does_not_recast_the_kernels():
+    """Inside a bf16 autocast region (TRL's trainers generate in one) the kernels keep their own precisions:
+    the same results as outside it, and no dtype clash between bf16 products and fp32 states."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 70, 2, 16, generator=generator) for _ in range(3))
+    g, beta = -torch.rand(1, 70, 2, generator=generator), torch.rand(1, 70, 2, generator=generator)
+    state = torch.randn(1, 2, 16, 16, generator=generator)
+    expected = kernels.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=state, checkpoint_offsets=(64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = kernels.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=state, checkpoint_offsets=(64,))
+    for a, e in zip(actual, expected):
+        assert a.dtype == e.dtype
+        torch.testing.assert_close(a, e)

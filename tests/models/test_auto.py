@@ -38,14 +38,12 @@ def test_generate_without_a_cache_reuses_prefixes(auto_model, cold_model):
 
 
 @pytest.mark.parametrize(
-    "setting",
-    [dict(batch=2), dict(num_beams=2), dict(num_return_sequences=2, do_sample=True), dict(use_cache=False)],
-    ids=["batch", "beams", "return-sequences", "no-cache"],
+    "setting", [dict(use_cache=False), dict(cache_implementation="static")], ids=["no-cache", "static-cache"]
 )
 def test_what_caching_cannot_serve_runs_as_unpatched(auto_model, cold_model, setting):
+    """(Batches, beams and samples are served: tests/models/test_batches.py.)"""
     model, store = auto_model
-    setting = dict(setting)
-    prompt = random_tokens(40, seed=4)[None].repeat(setting.pop("batch", 1), 1)
+    prompt = random_tokens(40, seed=4)[None]
     torch.manual_seed(0)
     output = generate(model, prompt, **setting)
     torch.manual_seed(0)

@@ -142,13 +142,6 @@ def test_bad_input_ids(model, input_ids, message):
     assert cache.get_seq_length() == 0
 
 
-def test_beam_search_is_refused(model):
-    store = new_store()
-    with pytest.raises(ValueError, match="one sequence per prompt.*past_key_values=None"):
-        generate(model, PROMPT, hhc.HybridPrefixCache(model, store=store), num_beams=2)
-    assert_nothing_stored(store)
-
-
 def test_wrong_argument_types(model, cold_model):
     with pytest.raises(ValueError, match=r"not patched: call hf_hybrid_cache.patch\(model\)"):
         hhc.HybridPrefixCache(cold_model)

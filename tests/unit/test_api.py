@@ -40,15 +40,6 @@ def test_unpatched_model_is_refused_with_the_fix():
         hhc.HybridPrefixCache(tiny_qwen3_next(seed=0))
 
 
-@pytest.mark.parametrize("setting", [dict(num_beams=2), dict(num_return_sequences=2, do_sample=True)],
-                         ids=["beams", "return-sequences"])
-def test_beams_and_several_sequences_are_refused(model, setting):
-    cache = hhc.HybridPrefixCache(model)
-    with pytest.raises(ValueError, match="one sequence per prompt"):
-        model.generate(torch.randint(3, 300, (1, 10)), past_key_values=cache, max_new_tokens=2, **setting)
-    assert hhc.get_default_store().stats()["blocks"] == 0
-
-
 def test_default_store_is_shared_and_replaceable(model):
     assert hhc.HybridPrefixCache(model).store is hhc.HybridPrefixCache(model).store is hhc.get_default_store()
     mine = hhc.PrefixStore(block_size=16)
