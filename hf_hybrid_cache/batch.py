@@ -55,6 +55,9 @@ class BatchRequest:
                     sources.append(source)
                     offsets.append(input_ids.shape[1] - prompt.shape[0])
             cache.stack_rows(rows, sources, offsets, track_rows=self.num_beams == 1)
+            if self.num_beams > 1:
+                for row in rows:  # beams reorder while they run: nothing of theirs is published
+                    row.end_request(None)
             if self.auto:
                 auto_mode.record(input_ids, cache.num_cached_tokens)
             output = type(model).generate(model, *self.args, **kwargs)
@@ -104,12 +107,12 @@ class BatchRequest:
         """Fill `computed`: prompt tokens -> a row cache holding all of that prompt but its last token, each
         distinct prompt served from the store and computed once, and published before the next is looked up."""
         distinct = {tuple(prompt.tolist()): prompt for prompt in prompts}
-        shared = _shared_boundaries(list(distinct), self.cache.store.block_size)
+        shared = parting_boundaries(list(distinct), self.cache.store.block_size)
         for key, prompt in distinct.items():
             row = self.cache.new_row()
             computed[key] = row
             row.begin_request(prompt[None], None, self.keying, shared_boundaries=shared[key])
-            _prefill(self.model, row, prompt[None], end=prompt.shape[0] - 1)
+            prefill_to(self.model, row, prompt[None], end=prompt.shape[0] - 1)
             row.publish_held(prompt)
 
     def _run_unserved(self):
@@ -125,7 +128,7 @@ class BatchRequest:
 
 
 @torch.no_grad()
-def _prefill(model, cache: HybridPrefixCache, input_ids: torch.Tensor, end: int) -> None:
+def prefill_to(model, cache: HybridPrefixCache, input_ids: torch.Tensor, end: int) -> None:
     """Compute `input_ids[:, cache.num_seen_tokens:end]` on `cache`, split at the boundaries the generic path
     saves (the one-pass path takes them inside one forward)."""
     if model._hf_hybrid_cache_path == GENERIC:
@@ -135,9 +138,10 @@ def _prefill(model, cache: HybridPrefixCache, input_ids: torch.Tensor, end: int)
         forward_to(model, cache, input_ids, end)
 
 
-def _shared_boundaries(prompts: list[tuple], block_size: int) -> dict[tuple, set[int]]:
+def parting_boundaries(prompts: list[tuple], block_size: int) -> dict[tuple, set[int]]:
     """Per prompt, the block boundaries where it parts from another prompt of the call (the last boundary of
-    their common prefix, before either's final token): the state there serves the other one."""
+    their common prefix, before either's final token): the state there serves the other one. A prompt given
+    twice parts from itself at the last boundary before its final token."""
     shared = {prompt: set() for prompt in prompts}
     ordered = sorted(prompts)
     # In sorted order the longest common prefix of a prompt with any other is with a neighbour.

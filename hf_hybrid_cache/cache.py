@@ -446,18 +446,15 @@ class HybridPrefixCache(Cache):
     ) -> None:
         """Take the live state of `sources[s]` (the row cache that computed row s's prompt) for row s, its
         tokens from column `offsets[s]`; `rows[s]` keeps row s's bookkeeping. `track_rows`: the rows keep
-        their order while generating (no beams), so each snapshots and publishes its own sequence."""
+        their order while generating (no beams), so each snapshots at its boundaries (`end_step`) and
+        publishes its sequence (`end_batch`); otherwise the caller closes the rows."""
         from .batch import stack_layers
 
         self.num_seen_tokens = max(offset + row.num_seen_tokens for row, offset in zip(rows, offsets))
         stack_layers(self, sources)
         self.cached_tokens_per_row = [row.num_cached_tokens for row in rows]
         self.num_cached_tokens = sum(self.cached_tokens_per_row)
-        self._rows, self._row_offsets = rows, offsets
-        if not track_rows:
-            for row in rows:
-                row.end_request(None)
-            self._rows = []
+        self._rows, self._row_offsets = (rows if track_rows else []), offsets
 
     def _end_rows_step(self, seq_len: int) -> None:
         from .batch import bind_row

@@ -51,7 +51,7 @@ def test_generate_after_scoring_hits_the_context(models):
     cold_model, model = models
     sequences, firsts = few_shot_requests()
     store = hhc.PrefixStore(block_size=16)
-    hhc.score(model, sequences[:1], firsts[:1], store=store)
+    hhc.score(model, sequences[:2], firsts[:2], store=store)  # two choices: their common context is published
     prompt = sequences[0][: firsts[0] + 1][None]
     cache = hhc.HybridPrefixCache(model, store=store)
     output = model.generate(prompt, past_key_values=cache, max_new_tokens=4, do_sample=False, pad_token_id=0)
