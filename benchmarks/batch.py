@@ -14,6 +14,8 @@ Run it on a quiet machine.
 
 import argparse
 import json
+import logging
+import os
 import statistics
 import tempfile
 import time
@@ -26,6 +28,8 @@ import hf_hybrid_cache as hhc
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 
 warnings.filterwarnings("ignore")
+os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars
+logging.getLogger("lm_eval").setLevel(logging.ERROR)
 BLOCK_SIZE = 64
 
 

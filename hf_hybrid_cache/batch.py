@@ -15,6 +15,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, Li
 
 from .cache import HybridPrefixCache
 from .integrations import auto as auto_mode
+from .models import vision
 from .models.keying import PromptKeying
 from .models.registry import prompt_keying
 from .request import GENERIC, check_input_ids, forward_to
@@ -55,6 +56,7 @@ class BatchRequest:
                     sources.append(source)
                     offsets.append(input_ids.shape[1] - prompt.shape[0])
             cache.stack_rows(rows, sources, offsets, track_rows=self.num_beams == 1)
+            vision.forget_positions(model)  # a vision model's mRoPE offsets of its last call belong to another batch
             if self.num_beams > 1:
                 for row in rows:  # beams reorder while they run: nothing of theirs is published
                     row.end_request(None)
@@ -203,17 +205,17 @@ def stack_layers(cache: HybridPrefixCache, rows: list[HybridPrefixCache]) -> Non
                     getattr(layer, f"{kind}_states")[state_idx].copy_(stacked)
                 layer.has_previous_state[state_idx] = any(row_layer.has_previous_state[state_idx] for row_layer in row_layers)
         if isinstance(layer, DynamicLayer):
-            held = [row_layer.keys[0] if row_layer.is_initialized else None for row_layer in row_layers]
-            known = [tensor for tensor in held if tensor is not None]
-            if not known:
+            held = [row_layer for row_layer in row_layers if row_layer.is_initialized and row_layer.keys.numel()]
+            if not held:
                 continue
-            width = max(tensor.shape[1] for tensor in known)
+            width = max(row_layer.keys.shape[-2] for row_layer in held)
             stacked = []
-            for tensors in ([row_layer.keys for row_layer in row_layers], [row_layer.values for row_layer in row_layers]):
-                sample = known[0]
-                out = sample.new_zeros((len(rows), sample.shape[0], width, sample.shape[2]))
-                for s, (row_layer, tensor) in enumerate(zip(row_layers, tensors)):
-                    if row_layer.is_initialized and tensor.shape[-2]:
+            for name in ("keys", "values"):  # their head dims may differ (MLA)
+                sample = getattr(held[0], name)
+                out = sample.new_zeros((len(rows), sample.shape[1], width, sample.shape[3]))
+                for s, row_layer in enumerate(row_layers):
+                    if row_layer in held:
+                        tensor = getattr(row_layer, name)
                         out[s, :, width - tensor.shape[-2] :] = tensor[0]
                 stacked.append(out)
             layer.lazy_initialization(*stacked)

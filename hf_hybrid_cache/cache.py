@@ -63,10 +63,7 @@ class HybridPrefixCache(Cache):
         self.namespace = namespace
         self._fingerprint = fingerprint
         self._root = root_key(fingerprint, namespace)  # with the model state of each request: `begin_request`
-        layer_types, layer_kwargs = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
-        super().__init__(
-            layers=[DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs) for kind, kwargs in zip(layer_types, layer_kwargs)]
-        )
+        super().__init__(layers=self._new_layers())
         # (layer_idx, kind, state_idx) -> position in a snapshot (`layout.state_specs` order)
         state_keys = [(layer.layer_idx, state.kind, state.state_idx) for layer in self.layout.recurrent for state in layer.states]
         self._state_positions = {key: pos for pos, key in enumerate(state_keys)}
@@ -91,6 +88,11 @@ class HybridPrefixCache(Cache):
         self._rows: list[HybridPrefixCache] = []
         self._row_offsets: list[int] = []
         self.cached_tokens_per_row: list[int] = []  # a batched request's `num_cached_tokens`, per row
+
+    def _new_layers(self) -> list:
+        """Empty cache layers of transformers' own classes, as `DynamicCache` builds them for the model."""
+        layer_types, layer_kwargs = get_layer_types_and_kwargs(self.model.config.get_text_config(decoder=True))
+        return [DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs) for kind, kwargs in zip(layer_types, layer_kwargs)]
 
     def __repr__(self) -> str:
         return (
@@ -409,8 +411,7 @@ class HybridPrefixCache(Cache):
     def new_row(self) -> "HybridPrefixCache":
         """A new batch-1 cache of the same model, store and namespace, for one row of a batch."""
         row = copy.copy(self)  # the layout, fingerprint and store are shared; the rest is made anew
-        layer_types, layer_kwargs = get_layer_types_and_kwargs(self.model.config.get_text_config(decoder=True))
-        row.layers = [DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs) for kind, kwargs in zip(layer_types, layer_kwargs)]
+        row.layers = self._new_layers()
         row._pending, row._refused, row._shared_boundaries, row._hit = {}, set(), set(), None
         row._rows, row._row_offsets, row.cached_tokens_per_row = [], [], []
         row._token_ids, row.num_seen_tokens, row.num_cached_tokens = None, 0, 0
@@ -452,6 +453,13 @@ class HybridPrefixCache(Cache):
 
         self.num_seen_tokens = max(offset + row.num_seen_tokens for row, offset in zip(rows, offsets))
         stack_layers(self, sources)
+        for row in {id(source): source for source in sources}.values():
+            # The batch holds the rows' states now: their own copies and pins go (`batch.bind_row` gives
+            # them views of the batch when they snapshot or publish).
+            row.layers = row._new_layers()
+            if row._hit is not None:
+                self.store.release(row._hit)
+                row._hit = None
         self.cached_tokens_per_row = [row.num_cached_tokens for row in rows]
         self.num_cached_tokens = sum(self.cached_tokens_per_row)
         self._rows, self._row_offsets = (rows if track_rows else []), offsets

@@ -61,7 +61,7 @@ class MediaKeying(PromptKeying):
     def inputs_after_hit(self, model, kwargs: dict, num_cached_tokens: int) -> dict:
         """Positions are recomputed from the whole prompt and every grid (the model keeps `rope_deltas` from
         its last call, which may belong to another prompt). Cached items are not encoded again."""
-        model.model.rope_deltas = None
+        forget_positions(model)
         cached = [item for item in self.items if item.end <= num_cached_tokens]
         if not cached:
             return kwargs
@@ -78,6 +78,14 @@ class MediaKeying(PromptKeying):
         if encoder_outputs:
             kwargs["mm_encoder_outputs"] = encoder_outputs
         return kwargs
+
+
+def forget_positions(model: torch.nn.Module) -> None:
+    """Make a vision model compute its mRoPE positions from the whole prompt at the next generate: it keeps
+    `rope_deltas` from its last call, which may belong to another prompt, and reuses them whenever the cache
+    already holds tokens (a restored prefix)."""
+    if is_vision_model(model):
+        model.model.rope_deltas = None
 
 
 def media_keying(model, input_ids: torch.Tensor, kwargs: dict, model_state: bytes = b"") -> MediaKeying | None:
