@@ -17,6 +17,7 @@ from .integrations.display import html_table, store_rows
 from .layout import WINDOW_KINDS, model_layout
 from .models.keying import TEXT, PromptKeying
 from .models.wrappers import unwrap
+from .rows import bind_row, stack_layers
 from .store.fingerprint import model_fingerprint
 from .store.hashing import block_keys, root_key
 from .store.modes import saved_boundaries
@@ -429,14 +430,12 @@ class HybridPrefixCache(Cache):
         self.store.count_shared(self._prompt_len, self.num_seen_tokens)
         return row
 
-    def publish_held(self, token_ids: torch.Tensor, record_more: bool = True) -> None:
+    def publish_held(self, token_ids: torch.Tensor) -> None:
         """Publish the complete blocks of the tokens held so far, `token_ids[:num_seen_tokens]` (a batch row's
-        prompt, before the batch decodes), with the snapshots taken in them; the request goes on, saving
-        states further on if `record_more`."""
+        prompt, before the batch decodes), with the snapshots taken in them; the request goes on."""
         if self._recording and self.num_seen_tokens:
             self._publish(token_ids[: self.num_seen_tokens])
             self._num_stored_blocks = max(self._num_stored_blocks, self.num_seen_tokens // self.store.block_size)
-        self._recording = self._recording and record_more
 
     def begin_batch(self) -> None:
         """Before a batched generate: the rows are served by row caches (`batch.py`), not looked up here."""
@@ -449,12 +448,10 @@ class HybridPrefixCache(Cache):
         tokens from column `offsets[s]`; `rows[s]` keeps row s's bookkeeping. `track_rows`: the rows keep
         their order while generating (no beams), so each snapshots at its boundaries (`end_step`) and
         publishes its sequence (`end_batch`); otherwise the caller closes the rows."""
-        from .batch import stack_layers
-
         self.num_seen_tokens = max(offset + row.num_seen_tokens for row, offset in zip(rows, offsets))
         stack_layers(self, sources)
         for row in {id(source): source for source in sources}.values():
-            # The batch holds the rows' states now: their own copies and pins go (`batch.bind_row` gives
+            # The batch holds the rows' states now: their own copies and pins go (`rows.bind_row` gives
             # them views of the batch when they snapshot or publish).
             row.layers = row._new_layers()
             if row._hit is not None:
@@ -465,8 +462,6 @@ class HybridPrefixCache(Cache):
         self._rows, self._row_offsets = (rows if track_rows else []), offsets
 
     def _end_rows_step(self, seq_len: int) -> None:
-        from .batch import bind_row
-
         self.num_seen_tokens += seq_len
         block_size = self.store.block_size
         for row_idx, (row, offset) in enumerate(zip(self._rows, self._row_offsets)):
@@ -481,8 +476,6 @@ class HybridPrefixCache(Cache):
     def end_batch(self, sequences: torch.Tensor | None, eos_ids: set[int]) -> None:
         """After a batched generate: each row publishes its sequence (`sequences` `[rows, total_len]`) up to
         its first end-of-sequence token."""
-        from .batch import bind_row
-
         rows, self._rows = self._rows, []
         for row_idx, (row, offset) in enumerate(zip(rows, self._row_offsets)):
             if sequences is None:

@@ -9,10 +9,11 @@ everything left of every sequence, right-padded, keeping the logits from each on
 
 import torch
 
-from .batch import bind_row, parting_boundaries, prefill_to
+from .batch import parting_boundaries, prefill_to
 from .cache import HybridPrefixCache
 from .models.registry import prompt_keying
 from .models.wrappers import unwrap
+from .rows import bind_row
 from .store.prefix_store import PrefixStore
 
 
