@@ -73,12 +73,14 @@ class BatchRequest:
         return output
 
     def _prompts(self, input_ids) -> list[torch.Tensor] | None:
-        """Each row's prompt without its left padding; None when the rows cannot be served (the keys would not
-        see all inputs, the padding is not on the left, a cache in use, indexed attention)."""
+        """Each row's prompt without its left padding; None when the rows cannot be served (images or videos,
+        inputs the keys would not see, indexed attention; in auto mode, padding not on the left)."""
         model, cache, kwargs = self.model, self.cache, self.kwargs
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
             return None
         keying = prompt_keying(model, input_ids, kwargs)
+        if isinstance(keying, vision.MediaKeying) and not keying.items:
+            keying = PromptKeying(keying.model_state)  # a vision model's text-only prompt (one row, n samples)
         if type(keying) is not PromptKeying or any(spec.extras for spec in cache.layout.attention):
             return None
         if cache.num_seen_tokens:

@@ -127,6 +127,22 @@ def test_samples_fork_the_prompt(models):
     assert cache.cached_tokens_per_row == [0, 49, 49, 32, 62, 62]
 
 
+def test_one_prompt_many_samples(models):
+    """One row and n samples (a vision model's text prompt included): the prompt is computed once."""
+    cold_model, model = models
+    prompt = chat_prompts()[1][None]
+    mask = torch.ones_like(prompt)
+    cache = hhc.HybridPrefixCache(model, store=hhc.PrefixStore(block_size=BLOCK_SIZE))
+    settings = dict(do_sample=True, num_return_sequences=4, top_k=0)
+    torch.manual_seed(1)
+    with ComputedTokens(model) as computed:
+        output = run(model, prompt, mask, cache, **settings)
+    torch.manual_seed(1)
+    assert torch.equal(output.sequences, run(cold_model, prompt, mask, **settings).sequences)
+    assert computed.count == (prompt.shape[1] - 1) + 4 * MAX_NEW_TOKENS
+    assert cache.cached_tokens_per_row == [0] + [prompt.shape[1] - 1] * 3
+
+
 def test_beam_search_runs_as_unpatched_with_the_prompt_served(models):
     cold_model, model = models
     input_ids, mask = left_padded(chat_prompts()[:2])
