@@ -77,8 +77,8 @@ def score(
 
 def _served_row(model, row: HybridPrefixCache, prompt: torch.Tensor, shared_boundaries: set[int]) -> HybridPrefixCache:
     """`row` holding the cached prefix of `prompt` `[prompt_len]` (keyed as a prompt ending at the first scored
-    token, so a hit leaves that token to compute), computed up to the last boundary it shares with another
-    sequence of the call if the store did not have it, and published."""
+    token, so a hit leaves that token to compute), then computed on its own up to the last boundary
+    `_computed_alone` names, if the store did not have it, and published."""
     row.begin_request(prompt[None], None, prompt_keying(model, prompt[None], {}), shared_boundaries=shared_boundaries)
     end = max(_computed_alone(row, shared_boundaries, prompt.shape[0]), default=0)
     if end > row.num_seen_tokens:

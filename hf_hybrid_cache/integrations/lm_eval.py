@@ -22,8 +22,8 @@ class HybridHFLM(HFLM):
 
     Args:
         prefix_store: the `PrefixStore` to share (None: a new one with `block_size` and `mamba_cache_mode`).
-        block_size, mamba_cache_mode: of the new store (`PrefixStore`'s defaults when None). A block size
-            near the length of the few-shot prefix's common part serves the most of it.
+        block_size, mamba_cache_mode: of the new store (`PrefixStore`'s defaults when None). A hit ends on a
+            block boundary: smaller blocks serve more of the shared few-shot prefix, in more entries.
     """
 
     def __init__(
