@@ -198,6 +198,23 @@ def test_auto_mode_serves_batches(models):
     assert hhc.cached_tokens(input_ids) > 5 * 16
 
 
+def test_a_store_too_small_for_the_batch_only_serves_less(models):
+    """Room for about three blocks: rows evict each other's entries and run out of snapshot slots."""
+    cold_model, model = models
+    input_ids, mask = left_padded(chat_prompts())
+    probe = hhc.PrefixStore(block_size=BLOCK_SIZE)
+    hhc.HybridPrefixCache(model, store=probe)  # binds the layout: the sizes of one page and one snapshot
+    store = hhc.PrefixStore(block_size=BLOCK_SIZE, max_bytes=3 * (probe.page_bytes + probe.snapshot_bytes))
+    cold = run(cold_model, input_ids, mask)
+    for _ in range(2):
+        output = run(model, input_ids, mask, hhc.HybridPrefixCache(model, store=store))
+        assert torch.equal(output.sequences, cold.sequences)
+        store.check_invariants()
+        assert store.stats()["pinned_blocks"] == 0 and store.stats()["reserved_snapshots"] == 0
+        assert store.bytes_used <= store.max_bytes
+    assert store.stats()["evictions"] > 0  # the budget was really too small
+
+
 def test_a_failure_mid_batch_leaves_the_store_consistent(models):
     _, model = models
     input_ids, mask = left_padded(chat_prompts())
