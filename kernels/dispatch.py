@@ -48,6 +48,8 @@ def _without_autocast(op):
 
     @functools.wraps(op)
     def run(*args, **kwargs):
+        if not (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
+            return op(*args, **kwargs)  # the usual case, without entering two contexts per decode step
         with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
             return op(*args, **kwargs)
 
