@@ -49,6 +49,31 @@ def test_a_second_store_is_served_from_redis(model, cold_model, redis_server):
         second.close()
 
 
+def test_a_batch_is_served_from_redis_and_publishes_to_it(model, cold_model, redis_server):
+    """A batch on one store publishes its rows (prompts and generated tokens) to Redis; a batch on a second
+    store is served every row from there, equal to unpatched batched generate."""
+    system = random_tokens(40, seed=3)
+    prompts = [torch.cat([system, random_tokens(length, seed=10 + length)]) for length in (30, 45, 60)]
+    input_ids = torch.zeros(3, 100, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, 100 - len(prompt) :], mask[row, 100 - len(prompt) :] = prompt, 1
+    cold = cold_generate(cold_model, input_ids, attention_mask=mask)
+    served = []
+    for _ in range(2):
+        store = shared_store(redis_server)
+        try:
+            cache = hhc.HybridPrefixCache(model, store=store)
+            assert torch.equal(generate(model, input_ids, cache, attention_mask=mask).sequences, cold.sequences)
+            store.check_invariants()
+            served.append(cache.cached_tokens_per_row)
+        finally:
+            store.close()
+    # First store: the system prompt's last boundary (32) serves the second and third rows; second store:
+    # every row from Redis, to its last boundary before its final token (mode all).
+    assert served == [[0, 32, 32], [64, 80, 96]]
+
+
 FRESH_PROCESS = """
 import sys, torch
 sys.path.insert(0, {tests!r})
