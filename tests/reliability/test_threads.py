@@ -1,10 +1,11 @@
 """Four threads generating through one store under a budget that forces eviction, while a fifth thread's
-requests keep failing mid-prefill: outputs equal serial cold runs, the budget holds at every
-allocation, and every pin is released at the end."""
+requests keep failing mid-prefill (and batches beside single requests): outputs equal serial cold runs, the
+budget holds at every allocation, and every pin is released at the end."""
 
 import threading
 
 import pytest
+import torch
 
 import hf_hybrid_cache as hhc
 from reliability_support import (
@@ -120,3 +121,48 @@ def test_threads_share_one_store_under_eviction(model, cold_model, mode, evictio
     assert len(first_requests) == NUM_THREADS
     assert store.num_checks >= 2 * len(results) and 0 < store.peak_bytes <= store.max_bytes
     assert_store_at_rest(store)
+
+
+def test_batches_and_single_requests_share_one_store(model, cold_model):
+    """Two threads generating batches (repeated prompts, rows sharing a prefix) and two generating one prompt at
+    a time, through one store that must evict: every output equals cold, and the store is at rest after."""
+    page_bytes, snapshot_bytes = block_bytes(model, BLOCK_SIZE)
+    store = CheckedPrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode="branch", max_bytes=5 * (page_bytes + snapshot_bytes))
+    prompts = [prompt[0] for prompt in prompt_family(4, prefix_len=40, tail_len=30, seed=22)]
+    batch = torch.stack([prompts[0], prompts[1], prompts[0], prompts[2]])  # same length: no padding needed
+    cold_batch = cold_model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=MAX_NEW_TOKENS,
+                                     do_sample=False, pad_token_id=0)
+    cold = [cold_generate(cold_model, prompt[None], max_new_tokens=MAX_NEW_TOKENS) for prompt in prompts]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def batches():
+        barrier.wait()
+        for _ in range(NUM_STEPS // 2):
+            output = model.generate(batch, attention_mask=torch.ones_like(batch), past_key_values=hhc.HybridPrefixCache(model, store=store),
+                                    max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)
+            assert torch.equal(output, cold_batch)
+
+    def singles(offset):
+        barrier.wait()
+        for step in range(NUM_STEPS):
+            idx = (offset + step) % len(prompts)
+            output = generate(model, prompts[idx][None], hhc.HybridPrefixCache(model, store=store), max_new_tokens=MAX_NEW_TOKENS)
+            assert_same_as_cold(output, cold[idx])
+
+    def guarded(target, *args):
+        try:
+            target(*args)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(batches,)) for _ in range(2)]
+    threads += [threading.Thread(target=guarded, args=(singles, offset)) for offset in (0, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert_store_at_rest(store)
+    stats = store.stats()
+    assert stats["evictions"] + stats["snapshot_evictions"] > 0 and stats["hit_tokens"] > 0
