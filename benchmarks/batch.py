@@ -13,9 +13,10 @@ Run it on a quiet machine.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -28,7 +29,6 @@ import hf_hybrid_cache as hhc
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 
 warnings.filterwarnings("ignore")
-os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
 BLOCK_SIZE = 64
 
@@ -165,9 +165,10 @@ def lm_eval_choice(dtype, rounds: int) -> dict:
     tokenizer = tiny_byte_tokenizer()
 
     def run(lm):
-        result = lm_eval.simple_evaluate(model=lm, tasks=["bench_choice"], num_fewshot=5, task_manager=task_manager,
-                                         limit=100, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                                         fewshot_random_seed=0, verbosity="ERROR")
+        with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's progress bars
+            result = lm_eval.simple_evaluate(model=lm, tasks=["bench_choice"], num_fewshot=5, task_manager=task_manager,
+                                             limit=100, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                             fewshot_random_seed=0, verbosity="ERROR")
         return result["results"]["bench_choice"]["acc,none"]
 
     ratios, plain_s, ours_s, accuracies = [], [], [], set()
