@@ -3,7 +3,8 @@ prompt (`models/registry.prompt_keying`), look up and restore the longest cached
 store), adjust generate's inputs to the restored prefix, prefill to the boundaries the generic path saves,
 run transformers' generate, then publish the request's blocks, or give everything back if it failed.
 
-`patching.py` decides which calls become a request (and on which cache); everything after that is here.
+`patching.py` decides which calls become a request (and on which cache); everything after that is here, for
+one sequence (several: `batch.py`, which shares `forward_to` and the input checks).
 """
 
 import inspect
