@@ -6,7 +6,9 @@ Installed as `hf_hybrid_cache.kernels`; nothing here imports transformers.
 from .dispatch import (
     causal_conv1d,
     causal_conv1d_update,
+    causal_conv1d_varlen,
     chunk_gated_delta_rule,
+    gated_delta_rule_varlen,
     recurrent_gated_delta_rule,
 )
 

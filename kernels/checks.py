@@ -93,3 +93,31 @@ def check_causal_conv1d(x, weight, bias, conv_state, activation) -> None:
         raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
     _floating(x=x, weight=weight, bias=bias, conv_state=conv_state)
     _same_device(x=x, weight=weight, bias=bias, conv_state=conv_state)
+
+
+def check_varlen(total_len: int, cu_seqlens, states: torch.Tensor, state_indices, has_initial_state,
+                 checkpoint_offsets) -> tuple[list[int], list[int], list[bool], list[tuple[int, ...]]]:
+    """Packed sequences over a slot pool: `cu_seqlens` `[N + 1]` from 0 to the packed length, strictly
+    increasing; `state_indices` `[N]` distinct slots of `states` `[S, ...]`; `has_initial_state` `[N]`;
+    `checkpoint_offsets` None or N lists of offsets inside each sequence. Returned as Python lists."""
+    as_list = lambda x: x.tolist() if isinstance(x, torch.Tensor) else list(x)  # noqa: E731
+    cu_seqlens, state_indices, has_initial_state = as_list(cu_seqlens), as_list(state_indices), as_list(has_initial_state)
+    num_seqs = len(cu_seqlens) - 1
+    if num_seqs < 1 or cu_seqlens[0] != 0 or cu_seqlens[-1] != total_len or any(
+        b <= a for a, b in zip(cu_seqlens, cu_seqlens[1:])
+    ):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to the packed length {total_len}, got {cu_seqlens}")
+    if len(state_indices) != num_seqs or len(has_initial_state) != num_seqs:
+        raise ValueError(f"state_indices and has_initial_state need one entry per sequence ({num_seqs}), "
+                         f"got {len(state_indices)} and {len(has_initial_state)}")
+    if len(set(state_indices)) != num_seqs or not all(0 <= s < states.shape[0] for s in state_indices):
+        raise ValueError(f"state_indices must be distinct slots in [0, {states.shape[0]}), got {state_indices}")
+    if checkpoint_offsets is None:
+        checkpoint_offsets = [()] * num_seqs
+    if len(checkpoint_offsets) != num_seqs:
+        raise ValueError(f"checkpoint_offsets needs one list per sequence ({num_seqs}), got {len(checkpoint_offsets)}")
+    checkpoint_offsets = [
+        normalize_offsets(offsets, seq_len=end - begin)
+        for offsets, begin, end in zip(checkpoint_offsets, cu_seqlens, cu_seqlens[1:])
+    ]
+    return cu_seqlens, state_indices, [bool(x) for x in has_initial_state], checkpoint_offsets

@@ -14,11 +14,13 @@ from .checks import (
     check_causal_conv1d,
     check_gated_delta_rule,
     check_recurrent_state,
+    check_varlen,
     normalize_offsets,
 )
 from .chunk_cpu import chunk_gated_delta_rule_cpu
 from .conv_cpu import causal_conv1d_cpu, causal_conv1d_update_cpu
 from .recurrent_cpu import recurrent_gated_delta_rule_cpu
+from .varlen import causal_conv1d_varlen_impl, gated_delta_rule_varlen_impl
 
 # op name -> the module holding its `<op>_triton` launcher
 _TRITON_MODULES = {
@@ -123,9 +125,71 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu") ->
     return impl(x, conv_state, weight, bias, activation=activation)
 
 
+@_without_autocast
+def causal_conv1d_varlen(
+    x, weight, bias, cu_seqlens, conv_states, state_indices, has_initial_state, activation="silu",
+    checkpoint_offsets=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal conv1d over packed sequences, each starting from its slot of a state pool (continuous batching).
+
+    Args:
+        x: `[1, D, T]`, sequence i at columns `cu_seqlens[i]:cu_seqlens[i + 1]`; weight, bias as `causal_conv1d`.
+        cu_seqlens: `[N + 1]` ints (list or tensor). conv_states: `[S, D, W]`, the pool, updated in place:
+            slot `state_indices[i]` holds sequence i's state before the call (read only where
+            `has_initial_state[i]`; zeros otherwise) and its final state after.
+        checkpoint_offsets: None or one list per sequence of offsets inside it, as `causal_conv1d`'s.
+
+    Returns:
+        out `[1, D, T]` and the checkpoint states `[sum of the lists' lengths, D, W]`, sequence by sequence.
+    """
+    check_causal_conv1d(x[..., :1], weight, bias, None, activation)
+    if x.shape[0] != 1 or conv_states.shape[1:] != (x.shape[1], weight.shape[1]):
+        raise ValueError(f"x must be one packed row [1, D, T] and conv_states [S, D, W] = [S, {x.shape[1]}, "
+                         f"{weight.shape[1]}], got {list(x.shape)} and {list(conv_states.shape)}")
+    cu_seqlens, state_indices, has_initial_state, checkpoint_offsets = check_varlen(
+        x.shape[2], cu_seqlens, conv_states, state_indices, has_initial_state, checkpoint_offsets
+    )
+    return causal_conv1d_varlen_impl(
+        x, weight, bias, cu_seqlens, conv_states, state_indices, has_initial_state, activation, checkpoint_offsets,
+        ops=(causal_conv1d, causal_conv1d_update),
+    )
+
+
+@_without_autocast
+def gated_delta_rule_varlen(
+    q, k, v, g, beta, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets=None,
+    use_qk_l2norm=True, scale=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated delta rule over packed sequences, each starting from its slot of a state pool (continuous batching):
+    single-token sequences (decode steps) in one batched recurrent call, longer ones chunked one by one.
+
+    Args:
+        q, k: `[1, T, Hk, K]`; v: `[1, T, Hv, V]`; g, beta: `[1, T, Hv]` (as `chunk_gated_delta_rule`, packed).
+        cu_seqlens, state_indices, has_initial_state, checkpoint_offsets: as `causal_conv1d_varlen`.
+        states: `[S, Hv, K, V]` fp32, the pool, updated in place.
+
+    Returns:
+        o `[1, T, Hv, V]` in q's dtype and the checkpoint states `[sum of the lists' lengths, Hv, K, V]` fp32.
+    """
+    check_gated_delta_rule(q, k, v, g, beta)
+    check_recurrent_state(states)
+    if q.shape[0] != 1 or states.shape[1:] != (v.shape[2], q.shape[3], v.shape[3]):
+        raise ValueError(f"q must be one packed row [1, T, Hk, K] and states [S, Hv, K, V] = [S, {v.shape[2]}, "
+                         f"{q.shape[3]}, {v.shape[3]}], got {list(q.shape)} and {list(states.shape)}")
+    cu_seqlens, state_indices, has_initial_state, checkpoint_offsets = check_varlen(
+        q.shape[1], cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets
+    )
+    return gated_delta_rule_varlen_impl(
+        q, k, v, g, beta, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets, use_qk_l2norm,
+        scale, ops=(chunk_gated_delta_rule, recurrent_gated_delta_rule),
+    )
+
+
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
+    "causal_conv1d_varlen",
     "chunk_gated_delta_rule",
+    "gated_delta_rule_varlen",
     "recurrent_gated_delta_rule",
 ]

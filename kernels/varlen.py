@@ -1,0 +1,86 @@
+"""Packed variable-length sequences over a pool of state slots (continuous batching): sequence i is the
+tokens `cu_seqlens[i]:cu_seqlens[i + 1]` of one packed row, starts from `states[state_indices[i]]` (or
+zeros) and leaves its final state there.
+
+Device-agnostic: composed of the per-sequence ops of `dispatch.py` (handed in as `ops`), so CUDA runs the
+Triton kernels and the CPU its PyTorch paths. The single-token sequences of a step (decode) run in one batched call over the
+gathered slots; every longer sequence (a prompt or a chunk of one) runs the chunked kernels on its own,
+with the checkpoint states it asks for. The caller has checked the arguments (`dispatch.py`).
+"""
+
+import torch
+
+
+def split_by_length(cu_seqlens: list[int]) -> tuple[list[int], list[int]]:
+    """(sequences of one token, longer sequences), as sequence numbers."""
+    lengths = [end - begin for begin, end in zip(cu_seqlens, cu_seqlens[1:])]
+    return [i for i, n in enumerate(lengths) if n == 1], [i for i, n in enumerate(lengths) if n > 1]
+
+
+def _gather(states: torch.Tensor, slots: list[int], fresh: list[bool]) -> torch.Tensor:
+    """states[slots] with the rows that start fresh zeroed: `[N, ...]`, a copy."""
+    gathered = states[torch.tensor(slots, device=states.device)]
+    if any(fresh):
+        gathered[torch.tensor(fresh, device=states.device)] = 0
+    return gathered
+
+
+def causal_conv1d_varlen_impl(
+    x, weight, bias, cu_seqlens, conv_states, state_indices, has_initial_state, activation, checkpoint_offsets, ops
+):
+    """See `dispatch.causal_conv1d_varlen`. `ops`: (causal_conv1d, causal_conv1d_update)."""
+    conv, conv_update = ops
+    out = torch.empty_like(x)
+    checkpoints = [None] * len(state_indices)
+    decode, prefill = split_by_length(cu_seqlens)
+    if decode:
+        columns = torch.tensor([cu_seqlens[i] for i in decode], device=x.device)
+        slots = [state_indices[i] for i in decode]
+        state = _gather(conv_states, slots, [not has_initial_state[i] for i in decode])
+        step = x[0, :, columns].T.unsqueeze(-1)  # [N, D, 1]
+        out[0, :, columns] = conv_update(step.contiguous(), state, weight, bias, activation=activation).squeeze(-1).T
+        conv_states[torch.tensor(slots, device=x.device)] = state
+        for n, i in enumerate(decode):
+            checkpoints[i] = state[n : n + 1] if checkpoint_offsets[i] else state[:0]
+    for i in prefill:
+        begin, end, slot = cu_seqlens[i], cu_seqlens[i + 1], state_indices[i]
+        initial = conv_states[slot : slot + 1] if has_initial_state[i] else None
+        out[:, :, begin:end], final, checkpoints[i] = conv(
+            x[:, :, begin:end], weight, bias, conv_state=initial, activation=activation,
+            checkpoint_offsets=checkpoint_offsets[i],
+        )
+        conv_states[slot] = final[0]
+        checkpoints[i] = checkpoints[i][:, 0]
+    return out, torch.cat(checkpoints) if checkpoints else x.new_empty(0, *conv_states.shape[1:])
+
+
+def gated_delta_rule_varlen_impl(
+    q, k, v, g, beta, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets, use_qk_l2norm, scale,
+    ops,
+):
+    """See `dispatch.gated_delta_rule_varlen`. `ops`: (chunk_gated_delta_rule,
+    recurrent_gated_delta_rule)."""
+    chunk, recurrent = ops
+    out = q.new_empty(*q.shape[:2], v.shape[2], v.shape[3])
+    checkpoints = [None] * len(state_indices)
+    decode, prefill = split_by_length(cu_seqlens)
+    if decode:
+        rows = torch.tensor([cu_seqlens[i] for i in decode], device=q.device)
+        slots = [state_indices[i] for i in decode]
+        state = _gather(states, slots, [not has_initial_state[i] for i in decode])
+        step = [x[0, rows].unsqueeze(1) for x in (q, k, v, g, beta)]  # [N, 1, ...]
+        out[0, rows] = recurrent(*step, state=state, use_qk_l2norm=use_qk_l2norm, scale=scale)[:, 0]
+        states[torch.tensor(slots, device=q.device)] = state
+        for n, i in enumerate(decode):
+            checkpoints[i] = state[n : n + 1] if checkpoint_offsets[i] else state[:0]
+    for i in prefill:
+        begin, end, slot = cu_seqlens[i], cu_seqlens[i + 1], state_indices[i]
+        initial = states[slot : slot + 1] if has_initial_state[i] else None
+        out[:, begin:end], final, checkpoints[i] = chunk(
+            *(x[:, begin:end] for x in (q, k, v, g, beta)), initial_state=initial,
+            checkpoint_offsets=checkpoint_offsets[i], use_qk_l2norm=use_qk_l2norm, scale=scale,
+        )
+        states[slot] = final[0]
+        checkpoints[i] = checkpoints[i][:, 0]
+    return out, torch.cat(checkpoints) if checkpoints else states.new_empty(0, *states.shape[1:])
+
