@@ -84,7 +84,17 @@ def _patch(model: torch.nn.Module) -> None:
         # Bound to the instance (not a closure), so `copy.deepcopy(model)` rebinds it to the copy.
         model.generate = types.MethodType(_generate, model)
         model.register_forward_hook(_end_step, with_kwargs=True)
+        if recurrent and hasattr(model, "init_continuous_batching"):
+            model.init_continuous_batching = types.MethodType(_init_continuous_batching, model)
     model._hf_hybrid_cache_patched = True
+
+
+def _init_continuous_batching(model, *args, **kwargs):
+    """transformers' continuous batching with our recurrent-state slots (`continuous/engine.py`, imported on
+    first use: it loads transformers' engine)."""
+    from .continuous.engine import init_continuous_batching
+
+    return init_continuous_batching(model, *args, **kwargs)
 
 
 def _check_supported(model: torch.nn.Module) -> list:

@@ -45,6 +45,8 @@ class PrefixGatedDeltaNet:
     @force_accelerate_hooks("conv1d")
     def forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=None, **kwargs) -> torch.Tensor:
         """hidden_states `[batch, seq_len, hidden_size]` -> `[batch, seq_len, hidden_size]`."""
+        if hasattr(cache, "packed_plan"):  # continuous batching of a patched model (`continuous/paged_cache.py`)
+            return self._forward_packed(hidden_states, cache)
         if (
             kwargs.get("cu_seq_lens_q") is not None
             or (cache is not None and cache.is_recording_past(self.layer_idx))
@@ -105,6 +107,30 @@ class PrefixGatedDeltaNet:
             )
         if cache is not None and not decoding:
             cache.update_recurrent_state(final_state, self.layer_idx)
+        return self.gate_and_project_out(core_out, inputs.gate)
+
+    def _forward_packed(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+        """Continuous batching: hidden_states `[1, T, hidden_size]` packs the batch's sequences as the cache's
+        plan says (lengths, state slots, boundaries to snapshot); each continues its slot's state, leaves its
+        final state there and hands the cache its states at the plan's boundaries."""
+        plan = cache.packed_plan()
+        inputs = self.project(hidden_states)
+        conv_out, conv_checkpoints = kernels.causal_conv1d_varlen(
+            inputs.mixed_qkv, self.conv1d.weight.squeeze(1), self.conv1d.bias, plan.cu_seqlens,
+            cache.slots.conv[self.layer_idx], plan.slots, plan.has_initial_state, activation=self.activation,
+            checkpoint_offsets=plan.checkpoint_offsets,
+        )
+        seq_len = hidden_states.shape[1]
+        query, key, value = torch.split(conv_out.transpose(1, 2), [self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        query = query.reshape(1, seq_len, -1, self.head_k_dim)
+        key = key.reshape(1, seq_len, -1, self.head_k_dim)
+        value = value.reshape(1, seq_len, -1, self.head_v_dim)
+        g = -self.A_log.float().exp() * F.softplus(inputs.a.float() + self.dt_bias)
+        core_out, checkpoints = kernels.gated_delta_rule_varlen(
+            query, key, value, g, self.beta(inputs.b), plan.cu_seqlens, cache.slots.recurrent[self.layer_idx],
+            plan.slots, plan.has_initial_state, checkpoint_offsets=plan.checkpoint_offsets,
+        )
+        cache.stage_checkpoints(self.layer_idx, conv_checkpoints, checkpoints)
         return self.gate_and_project_out(core_out, inputs.gate)
 
     def _chunk_and_record(self, recorder, inputs, initial_state, offsets: list[int], conv_checkpoints: torch.Tensor):

@@ -1,0 +1,205 @@
+"""Continuous batching for hybrid models inside transformers' own engine: its scheduler, allocators, packing
+and serving run unchanged; the recurrent layers get state slots and snapshots (`paged_cache.py`) and
+packed variable-length kernels (`models/gated_delta_net.py`).
+
+Seams into `transformers.generation.continuous_batching`, checked with transformers 5.24.0:
+- `cache.group_layers_by_attn_type` and `initialization.group_layers_by_attn_type` group layers by type, one
+  allocator each, and raise `Invalid layer type: linear_attention`. For the text config of a model
+  `init_continuous_batching` was called on here, the linear-attention layers are left out of the groups.
+- `continuous_api.PagedAttentionCache`, built by `ContinuousBatchingManager._create_batch_processor`: for
+  such a config, `HybridPagedAttentionCache` with its slots and snapshots; any other config gets
+  transformers' class as before.
+- `model.init_continuous_batching`, which `generate_batch`, `continuous_batching_context_manager` and
+  serving's `CBGenerateManager` all go through: wrapped by `patch()` to size and register the model first.
+"""
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
+from transformers.generation.continuous_batching import cache as cb_cache
+from transformers.generation.continuous_batching import continuous_api, initialization
+from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
+from transformers.generation.continuous_batching.utils import find_head_dim, find_num_key_value_heads
+
+from ..store.modes import MAMBA_CACHE_MODES
+from .paged_cache import HybridPagedAttentionCache
+from .snapshots import StateSnapshots
+from .state_slots import LinearLayerSpec, StateSlots, linear_layer_specs
+
+RECURRENT_LAYER_TYPES = ("linear_attention",)
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+DEFAULT_CPU_MAX_BYTES = 256 << 20
+DEFAULT_CPU_MAX_BATCH_TOKENS = 256
+DEFAULT_MAX_REQUESTS = 16
+
+
+@dataclass
+class HybridBatchingConfig(ContinuousBatchingConfig):
+    """transformers' `ContinuousBatchingConfig` with what a hybrid model keeps beside the paged K/V; pass it as
+    `continuous_batching_config` to `generate_batch` / `init_continuous_batching` (a plain one gets these
+    defaults).
+
+    Attributes:
+        max_bytes: the byte budget of paged K/V, state slots, snapshots and the attention masks transformers
+            sizes from its token counts. None: 256 MiB on CPU; on GPU, transformers sizes the K/V from free
+            memory after the slots and snapshots are allocated.
+        max_requests: requests running at once (one state slot each); also caps `max_requests_per_batch`.
+        snapshot_fraction: the share of `max_bytes` kept for state snapshots (prefix caching).
+        mamba_cache_mode: which block boundaries save a state, as in `generate()` ("none": no prefix caching).
+    """
+
+    max_bytes: int | None = None
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    snapshot_fraction: float = 0.25
+    mamba_cache_mode: str = "align"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
+        if self.max_requests < 1:
+            raise ValueError(f"max_requests must be at least 1, got {self.max_requests}")
+        if not 0 <= self.snapshot_fraction < 1:
+            raise ValueError(f"snapshot_fraction must be in [0, 1), got {self.snapshot_fraction}")
+        if self.mamba_cache_mode not in MAMBA_CACHE_MODES:
+            raise ValueError(f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {self.mamba_cache_mode!r}")
+
+
+@dataclass
+class _Registered:
+    config_ref: weakref.ref
+    specs: dict[int, LinearLayerSpec]
+    num_slots: int
+    snapshot_bytes: int
+    mamba_cache_mode: str
+
+
+_REGISTRY: dict[int, _Registered] = {}  # id(text config) -> what its cache needs
+
+
+def _registered(config) -> _Registered | None:
+    entry = _REGISTRY.get(id(config))
+    return entry if entry is not None and entry.config_ref() is config else None
+
+
+def _group_layers(original):
+    def group_layers_by_attn_type(config):
+        if _registered(config) is None:
+            return original(config)
+        groups = {}
+        for index, layer_type in enumerate(config.layer_types):
+            if layer_type in ATTENTION_LAYER_TYPES:
+                groups.setdefault(layer_type, []).append(index)
+        return groups
+
+    group_layers_by_attn_type.hf_hybrid_cache = True
+    return group_layers_by_attn_type
+
+
+def _paged_cache(original):
+    def paged_attention_cache(config, continuous_batching_config, *args, **kwargs):
+        entry = _registered(config)
+        if entry is None:
+            return original(config, continuous_batching_config, *args, **kwargs)
+        layers = list(entry.specs)
+        return HybridPagedAttentionCache(
+            config, continuous_batching_config, *args,
+            slots=StateSlots(entry.specs, entry.num_slots),
+            snapshots=StateSnapshots(layers, StateSlots.bytes_per_slot(entry.specs), entry.snapshot_bytes),
+            mamba_cache_mode=entry.mamba_cache_mode, **kwargs,
+        )
+
+    paged_attention_cache.hf_hybrid_cache = True
+    return paged_attention_cache
+
+
+def _install_seams() -> None:
+    """Idempotent: transformers' grouping and cache class made aware of registered hybrid configs."""
+    if getattr(cb_cache.group_layers_by_attn_type, "hf_hybrid_cache", False):
+        return
+    grouping = _group_layers(cb_cache.group_layers_by_attn_type)
+    cb_cache.group_layers_by_attn_type = initialization.group_layers_by_attn_type = grouping
+    continuous_api.PagedAttentionCache = _paged_cache(continuous_api.PagedAttentionCache)
+
+
+def _check_layer_types(model, text_config) -> None:
+    unsupported = sorted(set(text_config.layer_types) - set(RECURRENT_LAYER_TYPES) - set(ATTENTION_LAYER_TYPES))
+    if unsupported:
+        raise ValueError(
+            f"{type(model).__name__} has {', '.join(unsupported)} layers, which transformers' continuous batching "
+            "has no allocator for; use model.generate() (cached by hf_hybrid_cache) instead"
+        )
+
+
+def _kv_bytes_per_token(text_config, dtype: torch.dtype) -> int:
+    """Paged K/V bytes per token of every attention layer (transformers' page layout)."""
+    num_attention = sum(t in ATTENTION_LAYER_TYPES for t in text_config.layer_types)
+    page = FullAttentionCacheAllocator.get_bytes_per_page(find_num_key_value_heads(text_config), find_head_dim(text_config), dtype, 1)
+    return num_attention * page
+
+
+def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingConfig:
+    """transformers' config for a hybrid model: the K/V sized from `max_bytes` (on CPU always), and the
+    features our recurrent layers do not take turned off (CUDA graphs and compile, which would capture one
+    batch's plan; async batching, which packs batch N+1 before N has run; CPU offloading, which moves K/V
+    blocks but not states: requests it evicts restart from their tokens instead). Registers the model's
+    text config for the seams."""
+    fields = {} if config is None else {f: getattr(config, f) for f in ContinuousBatchingConfig.__dataclass_fields__}
+    if isinstance(config, HybridBatchingConfig):
+        fields.update((f, getattr(config, f)) for f in ("max_bytes", "max_requests", "snapshot_fraction", "mamba_cache_mode"))
+    fields.update(use_cuda_graph=False, use_async_batching=False, default_compile_level=0, varlen_compile_config=None,
+                  decode_compile_config=None, cpu_offload_space=0.0, block_size=None, use_default_compile_configs=None)
+    config = HybridBatchingConfig(**fields)
+    text_config = model.config.get_text_config()
+    specs = linear_layer_specs(model)
+    bytes_per_slot = StateSlots.bytes_per_slot(specs)
+    num_slots = config.max_requests
+    config.max_requests_per_batch = min(config.max_requests_per_batch or num_slots, num_slots)
+    max_bytes = config.max_bytes
+    if max_bytes is None and model.device.type == "cpu":
+        max_bytes = DEFAULT_CPU_MAX_BYTES
+    if max_bytes is None:  # GPU without a budget: transformers sizes the K/V from what is left
+        snapshot_bytes = int(config.snapshot_fraction * 4 * num_slots * bytes_per_slot)
+    else:
+        if model.device.type == "cpu" and config.max_batch_tokens is None:
+            config.max_batch_tokens = DEFAULT_CPU_MAX_BATCH_TOKENS
+        max_batch_tokens = config.max_batch_tokens or 8192
+        snapshot_bytes = int(config.snapshot_fraction * max_bytes)
+        kv_and_masks = max_bytes - snapshot_bytes - num_slots * bytes_per_slot
+        # transformers' eager / sdpa masks are [max_batch_tokens, cached tokens + max_batch_tokens]
+        mask_bytes_per_token = max_batch_tokens * model.dtype.itemsize
+        kv_per_token = _kv_bytes_per_token(text_config, model.dtype)
+        tokens = (kv_and_masks - max_batch_tokens * mask_bytes_per_token) // (kv_per_token + mask_bytes_per_token)
+        if tokens < config.page_size:
+            raise ValueError(
+                f"max_bytes={max_bytes} leaves room for {max(tokens, 0)} cached tokens after {num_slots} state slots "
+                f"of {bytes_per_slot} bytes and the snapshots: raise max_bytes or lower max_requests / max_batch_tokens"
+            )
+        # transformers counts a block as page_size tokens of every layer, all as full attention
+        bytes_per_block = text_config.num_hidden_layers * FullAttentionCacheAllocator.get_bytes_per_page(
+            find_num_key_value_heads(text_config), find_head_dim(text_config), model.dtype, config.page_size
+        )
+        config.num_blocks = max(1, tokens * kv_per_token // bytes_per_block)
+    _install_seams()
+    _REGISTRY[id(text_config)] = _Registered(weakref.ref(text_config), specs, num_slots, snapshot_bytes,
+                                             config.mamba_cache_mode)
+    weakref.finalize(text_config, _REGISTRY.pop, id(text_config), None)
+    return config
+
+
+def init_continuous_batching(model, generation_config=None, continuous_batching_config=None, workload_hints=None):
+    """`model.init_continuous_batching` of a patched model with recurrent layers (bound by `patch()`): one-pass
+    models get slots and snapshots (`resolve`); generic-path models are refused with the alternative named
+    (their adapters run transformers' own recurrent forward, which needs a `Cache` per sequence)."""
+    if model._hf_hybrid_cache_path != "one-pass":
+        raise ValueError(
+            f"{type(model).__name__} takes hf_hybrid_cache's generic path, which continuous batching does not run; "
+            "use model.generate() (cached by hf_hybrid_cache) instead"
+        )
+    _check_layer_types(model, model.config.get_text_config())
+    config = resolve(model, continuous_batching_config)
+    return type(model).init_continuous_batching(
+        model, generation_config=generation_config, continuous_batching_config=config, workload_hints=workload_hints
+    )
