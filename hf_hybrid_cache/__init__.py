@@ -12,6 +12,9 @@ Hugging Face transformers.
     hhc.cached_tokens(input_ids)
 
     hhc.score(model, [token_ids], logits_from=[context_len - 1])   # logits of a continuation, prefix served
+
+    model.generate_batch(prompts, continuous_batching_config=hhc.HybridBatchingConfig(max_bytes=1 << 30))
+                                                     # transformers' continuous batching, states in slots
 """
 
 from .cache import HybridPrefixCache
@@ -20,4 +23,16 @@ from .patching import patch
 from .scoring import score
 from .store import PrefixStore, get_default_store, set_default_store
 
-__all__ = ["HybridPrefixCache", "PrefixStore", "cached_tokens", "get_default_store", "patch", "score", "set_default_store"]
+__all__ = [
+    "HybridBatchingConfig", "HybridPrefixCache", "PrefixStore", "cached_tokens", "get_default_store", "patch", "score",
+    "set_default_store",
+]
+
+
+def __getattr__(name: str):
+    # Imported on first use: it loads transformers' continuous batching engine (about a second).
+    if name == "HybridBatchingConfig":
+        from .continuous.engine import HybridBatchingConfig
+
+        return HybridBatchingConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,243 @@
+"""transformers' continuous batching on patched hybrid models (`hf_hybrid_cache/continuous/`): every request's
+greedy tokens equal a cold `generate` of its prompt alone on an unpatched copy, across packing, chunked
+prefill, waiting for a state slot, forks and cancellation; prefix caching hits exactly where the mode saves
+states; the cache stays within its byte budget; what cannot run is refused with the alternative named."""
+
+import pytest
+import torch
+import transformers
+from transformers import GenerationConfig
+
+import hf_hybrid_cache as hhc
+from cold_oracle import random_tokens
+from hf_hybrid_cache.tiny import tiny_model
+
+transformers.logging.set_verbosity_error()
+PAGE = 16
+NEW_TOKENS = 8
+ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl"]
+
+
+def greedy(max_new_tokens=NEW_TOKENS, **fields):
+    return GenerationConfig(**{"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": -1, "pad_token_id": 0,
+                               **fields})
+
+
+def config(**fields):
+    return hhc.HybridBatchingConfig(**{"page_size": PAGE, "max_bytes": 32 << 20, **fields})
+
+
+def cold_tokens(cold, prompt: list[int], max_new_tokens=NEW_TOKENS) -> list[int]:
+    output = cold.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)
+    return output[0, len(prompt):].tolist()
+
+
+def prompts_sharing(prefix_len: int, tail_lens, seed=0) -> list[list[int]]:
+    prefix = random_tokens(prefix_len, seed=seed).tolist()
+    return [prefix + random_tokens(n, seed=seed + 1 + i).tolist() for i, n in enumerate(tail_lens)]
+
+
+class Session:
+    """A started manager; `run` submits prompts together and waits for all of them."""
+
+    def __init__(self, model, generation_config=None, **fields):
+        self.manager = model.init_continuous_batching(generation_config=generation_config or greedy(),
+                                                      continuous_batching_config=config(**fields))
+        self.manager.start()
+        self.model = model
+
+    @property
+    def cache(self):
+        return self.manager.batch_processor.cache
+
+    def run(self, prompts, **kwargs) -> list:
+        ids = [self.manager.add_request(prompt, **kwargs) for prompt in prompts]
+        results = self.collect(ids)
+        return [results[request_id] for request_id in ids]
+
+    def collect(self, ids, on_partial=None) -> dict:
+        """The finished outputs of `ids` (transformers' output queue holds every request's, in any order);
+        `on_partial` sees each streamed output."""
+        results = {}
+        while set(ids) - set(results):
+            output = self.manager.get_result(timeout=120)
+            assert output is not None, "no output within 120 s"
+            if output.is_finished() and output.request_id in ids:
+                results[output.request_id] = output
+            elif on_partial is not None:
+                on_partial(output)
+        return results
+
+    def close(self):
+        self.manager.stop(block=True)
+        self.model.destroy_cached_continuous_batching_manager()
+
+
+@pytest.fixture(scope="module")
+def qwen3_5():
+    return tiny_model("qwen3_5", seed=0), hhc.patch(tiny_model("qwen3_5", seed=0))
+
+
+@pytest.mark.parametrize("family", ONE_PASS_FAMILIES)
+def test_generate_batch_equals_cold_generate(family):
+    cold, model = tiny_model(family, seed=0), hhc.patch(tiny_model(family, seed=0))
+    prompts = prompts_sharing(40, [3, 30, 1, 45])
+    outputs = model.generate_batch(prompts, generation_config=greedy(), continuous_batching_config=config(),
+                                   progress_bar=False)
+    assert len(outputs) == len(prompts)
+    for output in outputs.values():
+        assert output.generated_tokens == cold_tokens(cold, output.prompt_ids), output.request_id
+
+
+def test_transformers_refuses_the_unpatched_model():
+    """What the seams change: the same model unpatched is refused by transformers itself."""
+    with pytest.raises(ValueError, match="Invalid layer type: linear_attention"):
+        tiny_model("qwen3_5", seed=0).generate_batch([[5, 6, 7]], generation_config=greedy(), progress_bar=False)
+
+
+@pytest.mark.parametrize("mode, expected_hits", [("none", 0), ("align", 64), ("all", 64)])
+def test_a_later_request_starts_from_the_shared_prefix(qwen3_5, mode, expected_hits):
+    """First request 75 tokens, then three sharing its first 70: K/V blocks match up to 64 and the state
+    snapshot at 64 exists in modes align (last boundary before the final prompt token) and all."""
+    cold, model = qwen3_5
+    first, *others = prompts_sharing(70, [5, 30, 17, 41])
+    session = Session(model, mamba_cache_mode=mode)
+    try:
+        outputs = session.run([first]) + session.run(others)
+        for prompt, output in zip([first, *others], outputs):
+            assert output.generated_tokens == cold_tokens(cold, prompt)
+        served = [session.cache.cached_tokens.get(output.request_id, 0) for output in outputs]
+        assert served == [0] + [expected_hits] * 3
+        assert session.cache.slots.num_free == session.cache.slots.num_slots
+    finally:
+        session.close()
+
+
+def test_the_next_turn_hits_a_boundary_reached_while_decoding(qwen3_5):
+    """Mode align saves the boundaries past the prompt: turn 2 (turn 1 + its reply + more) is served 48 of
+    turn 1's 34 + 20 generated tokens."""
+    cold, model = qwen3_5
+    session = Session(model, generation_config=greedy(20))
+    try:
+        turn1 = random_tokens(34, seed=3).tolist()
+        reply = session.run([turn1])[0].generated_tokens
+        turn2 = turn1 + reply + random_tokens(9, seed=4).tolist()
+        output = session.run([turn2])[0]
+        assert output.generated_tokens == cold_tokens(cold, turn2, max_new_tokens=20)
+        assert session.cache.cached_tokens[output.request_id] == 48
+    finally:
+        session.close()
+
+
+def test_chunked_prefill_and_waiting_for_a_slot(qwen3_5):
+    """32 tokens per forward (prompts split over several) and 2 slots for 5 requests: each continues its own
+    state across chunks, the others wait for a slot, and all equal cold."""
+    cold, model = qwen3_5
+    prompts = prompts_sharing(20, [50, 3, 70, 12, 33], seed=7)
+    session = Session(model, max_batch_tokens=32, max_requests=2)
+    try:
+        for prompt, output in zip(prompts, session.run(prompts)):
+            assert output.generated_tokens == cold_tokens(cold, prompt)
+        assert session.cache.slots.num_free == 2
+    finally:
+        session.close()
+
+
+def test_samples_fork_the_parent_state(qwen3_5):
+    """num_return_sequences: transformers forks a request after its prompt; each child gets a slot holding
+    the parent's state (sampling with top_k=1, so every child equals greedy cold)."""
+    cold, model = qwen3_5
+    prompt = random_tokens(40, seed=9).tolist()
+    outputs = model.generate_batch([prompt], generation_config=greedy(num_return_sequences=3, do_sample=True, top_k=1),
+                                   continuous_batching_config=config(), progress_bar=False)
+    assert len(outputs) == 3
+    for output in outputs.values():
+        assert output.generated_tokens == cold_tokens(cold, prompt)
+
+
+def test_a_cancelled_request_frees_its_slot_and_leaves_the_others_correct(qwen3_5):
+    cold, model = qwen3_5
+    prompts = prompts_sharing(30, [10, 20, 5], seed=11)
+    session = Session(model)
+    try:
+        cancelled = session.manager.add_request(prompts[0], max_new_tokens=200, streaming=True)
+        ids = [session.manager.add_request(prompt) for prompt in prompts[1:]]
+
+        def cancel_after_three_tokens(output):
+            if output.request_id == cancelled and len(output.generated_tokens) == 3:
+                session.manager.cancel_request(cancelled)
+
+        results = session.collect(ids, on_partial=cancel_after_three_tokens)
+        for request_id, prompt in zip(ids, prompts[1:]):
+            assert results[request_id].generated_tokens == cold_tokens(cold, prompt)
+        assert session.run([prompts[0]])[0].generated_tokens == cold_tokens(cold, prompts[0])
+        assert session.cache.slots.num_free == session.cache.slots.num_slots
+    finally:
+        session.close()
+
+
+def test_a_failing_forward_leaves_no_snapshot_and_no_slot(qwen3_5, monkeypatch):
+    """A forward that raises half-way (after some recurrent layers staged states) fails its requests;
+    nothing it staged becomes a snapshot and their slots are free."""
+    from hf_hybrid_cache.models.gated_delta_net import PrefixGatedDeltaNet
+
+    cold, model = qwen3_5
+    last_linear = max(m.layer_idx for m in model.modules() if isinstance(m, PrefixGatedDeltaNet))
+    original, calls = PrefixGatedDeltaNet._forward_packed, []
+
+    def failing_once(self, hidden_states, cache):
+        if self.layer_idx == last_linear and not calls:
+            calls.append(1)
+            raise RuntimeError("injected")
+        return original(self, hidden_states, cache)
+
+    monkeypatch.setattr(PrefixGatedDeltaNet, "_forward_packed", failing_once)
+    session = Session(model, mamba_cache_mode="all")
+    try:
+        failed = session.run(prompts_sharing(40, [8], seed=13))[0]
+        assert failed.error is not None and "injected" in failed.error
+        assert len(session.cache.snapshots) == 0
+        assert session.cache.slots.num_free == session.cache.slots.num_slots
+    finally:
+        session.close()  # transformers ends its loop on an error in a forward: a new manager serves the next
+    session = Session(model, mamba_cache_mode="all")
+    try:
+        prompt = random_tokens(50, seed=14).tolist()
+        assert session.run([prompt])[0].generated_tokens == cold_tokens(cold, prompt)
+        assert len(session.cache.snapshots) == 3
+    finally:
+        session.close()
+
+
+def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
+    _, model = qwen3_5
+    budget = 8 << 20
+    session = Session(model, max_bytes=budget, max_requests=4, max_batch_tokens=64)
+    try:
+        session.run([[5, 6, 7]])  # the cache is built by the first batch
+        cache = session.cache
+        slots = sum(p.nbytes for pools in (cache.slots.conv, cache.slots.recurrent) for p in pools.values())
+        snapshots = cache.snapshots.capacity * cache.snapshots.bytes_per_snapshot
+        masks = 64 * (cache.max_tokens_read + 64) * model.dtype.itemsize
+        assert cache.cache_tensor.nbytes + slots + snapshots + masks <= budget
+        assert cache.cache_tensor.nbytes + slots + snapshots + masks > budget * 0.8  # the budget is used
+        assert cache.slots.num_slots == 4
+    finally:
+        session.close()
+    with pytest.raises(ValueError, match="raise max_bytes"):
+        model.init_continuous_batching(generation_config=greedy(), continuous_batching_config=config(max_bytes=1 << 16))
+
+
+@pytest.mark.parametrize("family, reason", [("nemotron_h", "generic path"), ("qwen4_exp", "indexed_attention")])
+def test_what_cannot_run_is_refused_naming_generate(family, reason):
+    model = hhc.patch(tiny_model(family, seed=0))
+    with pytest.raises(ValueError, match=f"{reason}.*use model.generate\\(\\)"):
+        model.generate_batch([[5, 6, 7]], generation_config=greedy(), progress_bar=False)
+
+
+def test_bad_settings_name_the_fix():
+    with pytest.raises(ValueError, match="max_requests must be at least 1"):
+        hhc.HybridBatchingConfig(max_requests=0)
+    with pytest.raises(ValueError, match="mamba_cache_mode must be one of"):
+        hhc.HybridBatchingConfig(mamba_cache_mode="some")
