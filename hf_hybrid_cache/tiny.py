@@ -108,6 +108,14 @@ _INKLING2 = dict(
     sliding_window_size=24, d_rel=4, rel_extent=64, moe_intermediate_size=64, n_routed_experts=4, num_experts_per_tok=2,
     n_layers_per_attn_res_block=2, layer_types=["hybrid_sliding"] * 3 + ["hybrid"],
 )
+_INKLING = dict({k: v for k, v in _INKLING2.items() if k != "n_layers_per_attn_res_block"}, n_shared_experts=1)
+_NEMOTRON_H = dict(
+    num_hidden_layers=6,
+    layers_block_type=["linear_attention", "moe", "linear_attention", "full_attention", "mlp", "linear_attention"],
+    mamba_num_heads=8, mamba_head_dim=16, n_groups=1, ssm_state_size=16, conv_kernel=4, expand=2,
+    n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, moe_shared_expert_intermediate_size=64,
+    n_group=1, topk_group=1,
+)
 _QWEN4_EXP = dict(
     _GDN, **_MOE, shared_expert_intermediate_size=64, hc_count=2, hc_lowrank=8, indexer_n_heads=2, indexer_kv_heads=1,
     indexer_head_dim=16, indexer_budget=16, indexer_compress_ratio=4, layer_types=["linear_attention"] * 3 + ["indexed_attention"],
@@ -123,13 +131,7 @@ TINY_FAMILIES = {
                     dict(_QWEN3_5_TEXT, **_MOE, shared_expert_intermediate_size=64)),
     "olmo_hybrid": ("OlmoHybridConfig", "OlmoHybridForCausalLM",
                     dict(_GDN, layer_types=_LINEAR_3_FULL_1, linear_num_key_heads=4, linear_value_head_dim=32)),
-    "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM", dict(
-        num_hidden_layers=6,
-        layers_block_type=["linear_attention", "moe", "linear_attention", "full_attention", "mlp", "linear_attention"],
-        mamba_num_heads=8, mamba_head_dim=16, n_groups=1, ssm_state_size=16, conv_kernel=4, expand=2,
-        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, moe_shared_expert_intermediate_size=64,
-        n_group=1, topk_group=1,
-    )),
+    "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM", _NEMOTRON_H),
     # Granite's default layer_types is all Mamba: give it an attention layer.
     "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", dict(
         _MAMBA2, layer_types=["linear_attention"] * 2 + ["full_attention", "linear_attention"],
@@ -174,9 +176,7 @@ TINY_FAMILIES = {
         layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"],
     )),
     "lfm3": ("Lfm3Config", "Lfm3ForCausalLM", {}),
-    "inkling": ("InklingTextConfig", "InklingForCausalLM", dict(
-        {k: v for k, v in _INKLING2.items() if k != "n_layers_per_attn_res_block"}, n_shared_experts=1,
-    )),
+    "inkling": ("InklingTextConfig", "InklingForCausalLM", _INKLING),
     "inkling2": ("Inkling2TextConfig", "Inkling2ForCausalLM", _INKLING2),
     "inkling2_loop": ("Inkling2LoopTextConfig", "Inkling2LoopForCausalLM", _INKLING2),
     # Mamba layers beside "hybrid" (attention + Mamba) layers.
@@ -213,6 +213,30 @@ TINY_FAMILIES["glm5_next"] = ("Glm5NextConfig", "Glm5NextForConditionalGeneratio
     vision_config=dict(depth=1, hidden_size=32, num_heads=2, out_hidden_size=64, intermediate_size=64, patch_size=4,
                        spatial_merge_size=2),
 ))
+# Multimodal models on the generic path, run on text: their text models as above, towers of one or two layers.
+TINY_FAMILIES["inkling_mm_model"] = ("InklingConfig", "InklingForConditionalGeneration", dict(
+    image_token_id=302, audio_token_id=303, image_bos_token_id=300, audio_bos_token_id=301,
+    text_config=dict(_COMMON, **_INKLING),
+    vision_config=dict(text_hidden_size=64, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2),
+    audio_config=dict(text_hidden_size=64, n_mel_bins=8),
+))
+TINY_FAMILIES["nemotron_h_omni"] = ("NemotronH_Omni_Reasoning_V3_Config", "NemotronH_Omni_Reasoning_V3", dict(
+    image_token_id=302, video_token_id=303, vision_hidden_size=32, projector_hidden_size=64,
+    text_config=dict(_COMMON, **_NEMOTRON_H),
+    vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, patch_size=4, image_size=16, max_img_size=32,
+                       video_temporal_patch_size=2),
+))
+TINY_FAMILIES["nemo_speechlm"] = ("Nemotron3_5TranscribeConfig", "Nemotron3_5TranscribeForConditionalGeneration", dict(
+    audio_token_id=302,
+    text_config=dict(_COMMON, **_NEMOTRON_H),
+    audio_config=dict(
+        asr_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2),
+        diarization_config=dict(audio_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                                  num_key_value_heads=2), head_config=dict(hidden_size=16, audio_hidden_size=32)),
+    ),
+    word_timestamp_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               num_key_value_heads=2, vocab_size=16, blank_token_id=15),
+))
 TINY_FAMILIES["qwen3_5_vl"] = ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", dict(
     TINY_VISION_TOKENS,
     text_config=dict(_COMMON, **_QWEN3_5_TEXT),
@@ -247,19 +271,57 @@ _SHRUNK_FIELDS = dict(
     qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_group=1, topk_group=1, index_head_dim=16,
     index_n_heads=2, index_topk=16, first_k_dense_replace=1, query_pre_attn_scalar=16, **_GDN,
 )
+# Vision and audio towers: one layer, width 32 (the fields of these they have), projected to the text width.
+_SHRUNK_TOWER_FIELDS = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, depth=1, num_attention_heads=2, num_heads=2,
+    num_key_value_heads=2, head_dim=16, out_hidden_size=64, projection_dim=64, initializer_range=0.08,
+)
+# Per family, fields set last (`tiny_default_config`); a dict for a sub-config updates that sub-config. Layer
+# indices are those of the four shrunk layers, whose kinds alternate in their default order (Gemma 4: sliding,
+# full, sliding, full), where per-layer fields set the wider full-attention heads again.
+_GEMMA4_TEXT = dict(vocab_size_per_layer_input=TINY_VOCAB_SIZE, hidden_size_per_layer_input=16,
+                    per_layer_config={1: dict(head_dim=32), 3: dict(head_dim=32)})
+# Dots 3 Note: heads of 32 rotating a quarter (as its defaults), its sliding layers narrower than the indexed ones.
+_DOTS3_NOTE_HEADS = dict(head_dim=32, qk_nope_head_dim=24, qk_rope_head_dim=8)
+_DOTS3_NOTE_SLIDING = dict(_DOTS3_NOTE_HEADS, num_attention_heads=2, num_key_value_heads=2, kv_lora_rank=16)
+_DOTS3_NOTE_TEXT = dict(_DOTS3_NOTE_HEADS, per_layer_config={1: _DOTS3_NOTE_SLIDING, 3: _DOTS3_NOTE_SLIDING},
+                        shared_experts_intermediate_size=64)
+_AUTO_OVERRIDES = {
+    "cohere2_vision": dict(alignment_intermediate_size=128),
+    "diffusion_gemma": dict(text_config=dict(_GEMMA4_TEXT, num_experts=4, top_k_experts=2, moe_intermediate_size=64)),
+    "dory": dict(n_input_layers=1, n_recurrent_layers=2, n_output_layers=1),
+    "dots3_note": dict(text_config=_DOTS3_NOTE_TEXT),
+    "dots3_note_text": _DOTS3_NOTE_TEXT,
+    "gemma3n_text": dict(num_kv_shared_layers=2, vocab_size_per_layer_input=TINY_VOCAB_SIZE, hidden_size_per_layer_input=16,
+                         laurel_rank=8, activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0], intermediate_size=[128] * 4),
+    "gemma4": dict(text_config=_GEMMA4_TEXT),
+    "gemma4_text": _GEMMA4_TEXT,
+    "ministral": dict(head_dim=16),
+    "moshi": dict(ffn_dim=128, sliding_window=512, max_position_embeddings=512),
+    "muse_glimmer": dict(out_hidden_size=128, projector_hidden_size=64),
+    "muse_spark": dict(out_hidden_size=128, projector_hidden_size=64, text_config=dict(moe_hidden_size=64)),
+}
 # The model classes that generate, looked up in this order (a causal LM, else a vision-language model).
 _GENERATING_MAPPINGS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
                         "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES")
 
 
 # Families whose shrunk default config builds, runs, stays small and is tested (`tests/models/test_families.py`)
-# beside the hand-written ones; `scripts/family_table.py` lists the others. Left out: those whose shrunk model
-# keeps default-sized parts the generic shrink does not reach (cohere2, exaone4, idefics2, muse_*, nemo_speechlm:
-# 4-21 GB), and moshi, whose own continuation of a cache differs from one forward by logits of ~3.
+# beside the hand-written ones; `scripts/family_table.py` lists the others. Moshi's default sliding window equals
+# its maximum length (it never slides; its forward masks causally, so a window shorter than the prompt would
+# make its own cache continuation differ from one forward): kept so here. Accepted by patch() but left out:
+# - dory: its default `per_loop` mode appends copies of its recurrent cache layers during the first forward,
+#   which a HybridPrefixCache restoring a hit before that forward does not have (IndexError in `_restore`);
+# - kyutai_speech_to_text, voxtral_realtime: generate needs audio (`input_values`, `input_features`) on every
+#   request, which the block keys cannot see, so every request runs uncached: nothing to compare;
+# - gemma3n: its vision tower is a `TimmWrapperModel` (timm is not a dependency); gemma3n_text is tested.
 AUTO_TINY_FAMILIES = (
-    "afmoe", "beam", "cohere2_moe", "cwm", "exaone_moe", "flint", "gemma2", "gemma3", "granite_swa", "granitemoe_swa",
-    "kolibri1", "lfm3_vl", "llama4", "llama4_text", "mimo_v2_flash", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7",
-    "modernbert-decoder", "olmo3", "shieldgemma2", "vaultgemma",
+    "afmoe", "axk2", "aya_vision", "beam", "cohere2", "cohere2_moe", "cohere2_vision", "cwm", "deepseek_v32",
+    "dots3_note", "dots3_note_text", "exaone4", "exaone4_5", "exaone_moe", "flint", "gemma2", "gemma3", "gemma3n_text",
+    "gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text", "glm_moe_dsa", "granite_swa", "granitemoe_swa",
+    "hy_v4", "hy_v4_vl", "idefics2", "kolibri1", "lfm3_vl", "llama4", "llama4_text", "mimo_v2_flash", "minicpm_ocr",
+    "minicpmv4_6", "minicpmv4_7", "ministral", "mistral_large4", "modernbert-decoder", "moshi", "muse_glimmer",
+    "muse_spark", "olmo3", "shieldgemma2", "vaultgemma",
 )
 
 
@@ -276,19 +338,51 @@ def generating_class_name(model_type: str) -> str | None:
 
 def tiny_default_config(model_type: str):
     """`model_type`'s default config (its text config for a text class mapped from a vision-language type)
-    shrunk: the fields of `_SHRUNK_FIELDS` it has, and four layers cycling through its layer types."""
+    shrunk: the fields of `_SHRUNK_FIELDS` it has, four layers cycling through its layer types, its vision and
+    audio towers shrunk (`_SHRUNK_TOWER_FIELDS`), then the family's own `_AUTO_OVERRIDES`."""
     config = transformers.CONFIG_MAPPING[model_type]()
     text = config.get_text_config(decoder=True)
-    for name, value in _SHRUNK_FIELDS.items():
-        if getattr(text, name, None) is not None:
-            setattr(text, name, value)
+    # Per-layer attributes (Gemma 4's wider full-attention heads) are dropped: the overrides set them again.
+    text.per_layer_config = None
+    # Latent attention (DeepSeek-V3.2 and its kin) expands one key/value head per query head, and its `head_dim`
+    # names the rotated slice of each head.
+    latent = getattr(text, "kv_lora_rank", None) is not None
+    head_dim_is_rope = latent and getattr(text, "head_dim", None) == getattr(text, "qk_rope_head_dim", None)
+    _shrink(text, _SHRUNK_FIELDS)
+    if latent:
+        text.num_key_value_heads = text.num_attention_heads
+    if head_dim_is_rope:
+        text.head_dim = text.qk_rope_head_dim
     if getattr(text, "layer_types", None):
         kinds = list(dict.fromkeys(text.layer_types))
         text.layer_types = (kinds * 4)[: max(4, len(kinds))]
         text.num_hidden_layers = len(text.layer_types)
     else:
         text.num_hidden_layers = 4
-    return config if text is not config and "Conditional" in (generating_class_name(model_type) or "") else text
+    for name, sub_config in vars(config).items():
+        if isinstance(sub_config, transformers.PreTrainedConfig) and sub_config is not text:
+            _shrink(sub_config, _SHRUNK_TOWER_FIELDS)
+    _override(config, _AUTO_OVERRIDES.get(model_type, {}))
+    model_class = getattr(transformers, generating_class_name(model_type))
+    # A text class mapped from a vision-language type (Llama 4's causal LM) takes the text config.
+    return text if isinstance(text, model_class.config_class) and not isinstance(config, model_class.config_class) else config
+
+
+def _shrink(config, fields: dict) -> None:
+    """Set the fields of `fields` that `config` has (not None)."""
+    for name, value in fields.items():
+        if getattr(config, name, None) is not None:
+            setattr(config, name, value)
+
+
+def _override(config, fields: dict) -> None:
+    """Set `fields` on `config`; a dict value for a sub-config (`vision_config`, ...) updates its fields."""
+    for name, value in fields.items():
+        sub_config = getattr(config, name, None)
+        if isinstance(value, dict) and isinstance(sub_config, transformers.PreTrainedConfig):
+            _override(sub_config, value)
+        else:
+            setattr(config, name, value)
 
 
 def tiny_default_model(model_type: str, seed: int = 0, dtype: torch.dtype = torch.float32):

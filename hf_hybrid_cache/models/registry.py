@@ -16,12 +16,15 @@ from .keying import PromptKeying
 from .peft_state import adapter_state
 
 # Inputs whose content the block keys cannot see (except images and videos of the models `vision.py` knows):
-# such requests run uncached.
-UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "image_embeds", "inputs_embeds")
+# such requests run uncached. Audio comes as features, waveforms (`input_values`) or tokens (`audio_input_ids`).
+UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "input_values", "audio_input_ids",
+                  "image_embeds", "inputs_embeds", "encoder_inputs_embeds", "mm_encoder_outputs", "per_layer_inputs")
 # Families whose cache layers do not hold their whole state, with the reason (checked with transformers 5.24).
 REFUSED_FAMILIES = {
     "recurrent_gemma": "its recurrent blocks keep their conv and RG-LRU states on the modules, not in the cache, "
     "and a multi-token step restarts the conv from zeros: a restored prefix could not be continued",
+    "diffusion_gemma_text": "it generates by block diffusion (a decoder denoising a canvas over the encoded prompt), "
+    "with a generate of its own that takes only the uncached tokens: not a causal continuation of a cache",
 }
 ADAPTER_MODULES = {
     "Qwen3NextGatedDeltaNet": "hf_hybrid_cache.models.qwen3_next",

@@ -156,3 +156,30 @@ def test_families_from_their_shrunk_default_configs(model_type):
         assert_same_as_cold(output, cold_generate(cold, prompt, max_new_tokens=MAX_NEW_TOKENS), tolerance)
         assert cache.num_cached_tokens == expected_cached
     store.check_invariants()
+
+
+def test_audio_the_keys_cannot_see_runs_uncached():
+    """Inkling's audio comes as tokens of its own (`audio_input_ids`) behind placeholders that are the same for
+    every clip: such a request runs uncached (and on transformers' one forward), equal to cold for each clip."""
+    cold, model = tiny_model("inkling_mm_model", seed=0), hhc.patch(tiny_model("inkling_mm_model", seed=0))
+    ids = model.config
+    num_frames = 10
+    prompt = torch.cat([random_tokens(40, seed=1), torch.tensor([ids.audio_bos_token_id, *[ids.audio_token_id] * num_frames]),
+                        random_tokens(30, seed=2)])[None]
+    store = hhc.PrefixStore(block_size=16, mamba_cache_mode="all", max_bytes=64 << 20)
+    for seed in (1, 2):
+        clip = torch.randint(0, ids.audio_config.mel_vocab_size, (1, num_frames, ids.audio_config.n_mel_bins),
+                             generator=torch.Generator().manual_seed(seed))
+        cache = hhc.HybridPrefixCache(model, store=store)
+        output = generate(model, prompt, cache, max_new_tokens=MAX_NEW_TOKENS, audio_input_ids=clip)
+        assert_same_as_cold(output, generate(cold, prompt, None, max_new_tokens=MAX_NEW_TOKENS, audio_input_ids=clip))
+        assert cache.num_cached_tokens == 0
+    assert store.stats()["blocks"] == 0
+
+
+def test_block_diffusion_is_refused_at_patch():
+    """DiffusionGemma generates by denoising a canvas, with a generate that takes the uncached tokens only."""
+    model = tiny_default_model("diffusion_gemma")
+    with pytest.raises(ValueError, match="block diffusion"):
+        hhc.patch(model)
+    assert not hasattr(model, "_hf_hybrid_cache_patched")
