@@ -20,7 +20,9 @@ import hf_hybrid_cache as hhc
 from hf_hybrid_cache.tiny import TINY_FAMILIES, tiny_model
 
 warnings.filterwarnings("ignore")
-FAMILIES = ["qwen3_next", *(name for name in TINY_FAMILIES if name != "qwen3_5_vl")]
+# Multimodal models whose text model is a family of its own here (widening reaches the top-level config only).
+TEXT_TWINS = {"qwen3_5_vl", "inkling_mm_model", "nemotron_h_omni", "nemo_speechlm"}
+FAMILIES = ["qwen3_next", *(name for name in TINY_FAMILIES if name not in TEXT_TWINS)]
 # Hidden 256; Qwen3-Next as in benchmarks/ttft.py (8 layers, hidden 256).
 WIDER = dict(hidden_size=256, intermediate_size=512)
 WIDER_QWEN3_NEXT = dict(num_hidden_layers=8, hidden_size=256)

@@ -223,19 +223,18 @@ TINY_FAMILIES["inkling_mm_model"] = ("InklingConfig", "InklingForConditionalGene
 TINY_FAMILIES["nemotron_h_omni"] = ("NemotronH_Omni_Reasoning_V3_Config", "NemotronH_Omni_Reasoning_V3", dict(
     image_token_id=302, video_token_id=303, vision_hidden_size=32, projector_hidden_size=64,
     text_config=dict(_COMMON, **_NEMOTRON_H),
-    vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, patch_size=4, image_size=16, max_img_size=32,
-                       video_temporal_patch_size=2),
+    vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, patch_size=4, image_size=16,
+                       max_img_size=32, video_temporal_patch_size=2),
 ))
+_SPEECH_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=2)
 TINY_FAMILIES["nemo_speechlm"] = ("Nemotron3_5TranscribeConfig", "Nemotron3_5TranscribeForConditionalGeneration", dict(
     audio_token_id=302,
     text_config=dict(_COMMON, **_NEMOTRON_H),
-    audio_config=dict(
-        asr_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2),
-        diarization_config=dict(audio_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                                  num_key_value_heads=2), head_config=dict(hidden_size=16, audio_hidden_size=32)),
-    ),
-    word_timestamp_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               num_key_value_heads=2, vocab_size=16, blank_token_id=15),
+    audio_config=dict(asr_config=_SPEECH_ENCODER, diarization_config=dict(
+        audio_config=_SPEECH_ENCODER, head_config=dict(hidden_size=16, audio_hidden_size=32),
+    )),
+    word_timestamp_config=dict(_SPEECH_ENCODER, vocab_size=16, blank_token_id=15),
 ))
 TINY_FAMILIES["qwen3_5_vl"] = ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", dict(
     TINY_VISION_TOKENS,
@@ -292,8 +291,10 @@ _AUTO_OVERRIDES = {
     "dory": dict(n_input_layers=1, n_recurrent_layers=2, n_output_layers=1),
     "dots3_note": dict(text_config=_DOTS3_NOTE_TEXT),
     "dots3_note_text": _DOTS3_NOTE_TEXT,
+    # Gemma 3n: its last two layers read the K/V of the first two (shared K/V layers), as its last 15 of 35 do.
     "gemma3n_text": dict(num_kv_shared_layers=2, vocab_size_per_layer_input=TINY_VOCAB_SIZE, hidden_size_per_layer_input=16,
-                         laurel_rank=8, activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0], intermediate_size=[128] * 4),
+                         laurel_rank=8, activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0],
+                         intermediate_size=[128] * 4),
     "gemma4": dict(text_config=_GEMMA4_TEXT),
     "gemma4_text": _GEMMA4_TEXT,
     "ministral": dict(head_dim=16),
@@ -365,7 +366,8 @@ def tiny_default_config(model_type: str):
     _override(config, _AUTO_OVERRIDES.get(model_type, {}))
     model_class = getattr(transformers, generating_class_name(model_type))
     # A text class mapped from a vision-language type (Llama 4's causal LM) takes the text config.
-    return text if isinstance(text, model_class.config_class) and not isinstance(config, model_class.config_class) else config
+    takes_text = isinstance(text, model_class.config_class) and not isinstance(config, model_class.config_class)
+    return text if takes_text else config
 
 
 def _shrink(config, fields: dict) -> None:

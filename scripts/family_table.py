@@ -5,14 +5,16 @@ reason it refuses. The README's family table is this script's output.
     .venv/bin/python scripts/family_table.py [--markdown]
 
 Each model is built from its default config on the meta device (no memory, no weights) and patched, so the
-decision is `patch()`'s own. "tested" marks the families `tests/models/test_families.py` runs on tiny
-configs (cached equal to cold, hits as each mode predicts): hand-written ones, and shrunk default configs.
+decision is `patch()`'s own; a model whose default config does not build is built from its tiny config. "tested"
+marks the families `tests/models/test_families.py` runs on tiny configs (cached equal to cold, hits as each mode
+predicts): hand-written ones, and shrunk default configs.
 """
 
 import argparse
 import collections
 import contextlib
 import io
+import re
 import warnings
 
 import torch
@@ -22,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.auto import modeling_auto
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.tiny import AUTO_TINY_FAMILIES, TINY_FAMILIES
+from hf_hybrid_cache.tiny import AUTO_TINY_FAMILIES, TINY_FAMILIES, tiny_config, tiny_default_config
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()
@@ -38,6 +40,18 @@ TESTED_ALIASES = {"qwen3_5_vl": "qwen3_5", "mistral_sliding": "mistral", "qwen4_
 
 def cache_kinds(config) -> collections.Counter:
     return collections.Counter(type(layer).__name__ for layer in DynamicCache(config=config).layers)
+
+
+def candidate_configs(model_type: str, config):
+    """The configs to build `model_type`'s model from, in order: its default config, its text config (a text class
+    mapped from a vision-language type), then where those do not build, the tiny config the tests use."""
+    yield lambda: config
+    yield lambda: config.get_text_config(decoder=True)
+    hand_written = [name for name, (config_class, *_) in TINY_FAMILIES.items()
+                    if config_class in (type(config).__name__, type(config.get_text_config(decoder=True)).__name__)]
+    if hand_written:
+        yield lambda: tiny_config(hand_written[0])
+    yield lambda: tiny_default_config(model_type)
 
 
 def decide(model_type: str) -> tuple[str, str, str] | None:
@@ -57,15 +71,17 @@ def decide(model_type: str) -> tuple[str, str, str] | None:
     if getattr(config, "is_encoder_decoder", False):
         return class_name, described, "refused: encoder-decoder"
     model = None
-    for candidate in (config, config.get_text_config(decoder=True)):  # a text class mapped from a VLM's type
+    for candidate in candidate_configs(model_type, config):
         try:
             with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
-                model = getattr(transformers, class_name)(candidate)
+                model = getattr(transformers, class_name)(candidate())
             break
         except Exception as error:
             failure = error
     if model is None:
-        return class_name, described, f"not built from its default config here ({type(failure).__name__})"
+        missing = re.search(r"requires the (\S+) library", str(failure))
+        reason = f"needs {missing.group(1)}, not installed" if missing else type(failure).__name__
+        return class_name, described, f"not built from its default or tiny config here ({reason})"
     try:
         hhc.patch(model)
     except ValueError as error:

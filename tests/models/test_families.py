@@ -162,10 +162,9 @@ def test_audio_the_keys_cannot_see_runs_uncached():
     """Inkling's audio comes as tokens of its own (`audio_input_ids`) behind placeholders that are the same for
     every clip: such a request runs uncached (and on transformers' one forward), equal to cold for each clip."""
     cold, model = tiny_model("inkling_mm_model", seed=0), hhc.patch(tiny_model("inkling_mm_model", seed=0))
-    ids = model.config
-    num_frames = 10
-    prompt = torch.cat([random_tokens(40, seed=1), torch.tensor([ids.audio_bos_token_id, *[ids.audio_token_id] * num_frames]),
-                        random_tokens(30, seed=2)])[None]
+    ids, num_frames = model.config, 10
+    placeholders = torch.tensor([ids.audio_bos_token_id, *[ids.audio_token_id] * num_frames])
+    prompt = torch.cat([random_tokens(40, seed=1), placeholders, random_tokens(30, seed=2)])[None]
     store = hhc.PrefixStore(block_size=16, mamba_cache_mode="all", max_bytes=64 << 20)
     for seed in (1, 2):
         clip = torch.randint(0, ids.audio_config.mel_vocab_size, (1, num_frames, ids.audio_config.n_mel_bins),
