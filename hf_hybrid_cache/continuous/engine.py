@@ -13,6 +13,7 @@ Seams into `transformers.generation.continuous_batching`, checked with transform
   serving's `CBGenerateManager` all go through: wrapped by `patch()` to size and register the model first.
 """
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class _Registered:
     num_slots: int
     snapshot_bytes: int
     mamba_cache_mode: str
+    max_tokens: int | None  # K/V capacity in tokens, when sized from a budget
 
 
 _REGISTRY: dict[int, _Registered] = {}  # id(text config) -> what its cache needs
@@ -160,6 +162,7 @@ def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingCon
     max_bytes = config.max_bytes
     if max_bytes is None and model.device.type == "cpu":
         max_bytes = DEFAULT_CPU_MAX_BYTES
+    tokens = None
     if max_bytes is None:  # GPU without a budget: transformers sizes the K/V from what is left
         snapshot_bytes = int(config.snapshot_fraction * 4 * num_slots * bytes_per_slot)
     else:
@@ -182,9 +185,15 @@ def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingCon
             find_num_key_value_heads(text_config), find_head_dim(text_config), model.dtype, config.page_size
         )
         config.num_blocks = max(1, tokens * kv_per_token // bytes_per_block)
+        # what transformers will allocate (`PagedAttentionMemoryHandler.num_sectors_from_config`): whole sectors
+        # of lcm(bytes of a block of the attention layers, 128) bytes
+        attention_block = kv_per_token * config.page_size
+        bytes_per_sector = math.lcm(attention_block, 128)
+        num_sectors = max(1, math.ceil(config.num_blocks * bytes_per_block / bytes_per_sector))
+        tokens = num_sectors * bytes_per_sector // attention_block * config.page_size
     _install_seams()
     _REGISTRY[id(text_config)] = _Registered(weakref.ref(text_config), specs, num_slots, snapshot_bytes,
-                                             config.mamba_cache_mode)
+                                             config.mamba_cache_mode, tokens)
     weakref.finalize(text_config, _REGISTRY.pop, id(text_config), None)
     return config
 
@@ -200,6 +209,39 @@ def init_continuous_batching(model, generation_config=None, continuous_batching_
         )
     _check_layer_types(model, model.config.get_text_config())
     config = resolve(model, continuous_batching_config)
-    return type(model).init_continuous_batching(
+    manager = type(model).init_continuous_batching(
         model, generation_config=generation_config, continuous_batching_config=config, workload_hints=workload_hints
     )
+    if not getattr(manager.add_request, "hf_hybrid_cache", False):
+        manager.add_request = _refusing_what_cannot_fit(manager, manager.add_request)
+    return manager
+
+
+def _token_capacity(manager) -> int | None:
+    """The tokens one request can hold in the paged K/V: the cache's own once built, else what `resolve`
+    sized (None on GPU without max_bytes, before the first batch)."""
+    cache = getattr(manager.batch_processor, "cache", None)
+    if cache is not None:
+        return min(allocator.num_blocks * allocator.tokens_per_page for allocator in cache.cache_allocators.values())
+    entry = _registered(manager.model.config.get_text_config())
+    return None if entry is None else entry.max_tokens
+
+
+def _refusing_what_cannot_fit(manager, add_request):
+    """transformers' `add_request`, refusing a request longer than the whole cache up front: queued, it would
+    stop the engine's loop ("No requests can be scheduled"), failing every other request with it."""
+
+    def checked_add_request(input_ids, request_id=None, max_new_tokens=None, *args, **kwargs):
+        capacity = _token_capacity(manager)
+        new_tokens = max_new_tokens if max_new_tokens is not None else manager.generation_config.max_new_tokens
+        needed = len(input_ids) + (new_tokens or 0)
+        if capacity is not None and needed > capacity:
+            raise ValueError(
+                f"a prompt of {len(input_ids)} tokens with max_new_tokens={new_tokens} needs {needed} cached tokens; this "
+                f"continuous batching cache holds {capacity}: raise HybridBatchingConfig(max_bytes=...) (the server's "
+                "--cache-max-bytes-mib) or send a shorter request"
+            )
+        return add_request(input_ids, request_id, max_new_tokens, *args, **kwargs)
+
+    checked_add_request.hf_hybrid_cache = True
+    return checked_add_request

@@ -8,13 +8,20 @@ none), `--cache-block-size`, `--cache-max-bytes-mib`, `--store PATH` (keep the s
 start if it exists, its mode and block size then win over the flags; saved after each response and on exit),
 and `--remote URL` (a Redis server shared by replicas: `store/redis_tier.py`).
 
+With `--continuous-batching` (transformers' flag), requests run together in transformers' continuous
+batching engine (`hf_hybrid_cache/continuous/`): our flags then size it (`--cache-max-bytes-mib`), set its
+page size (`--cache-block-size`) and the boundaries its prefix caching saves (`--cache-mode`); its cache is
+its own, not the store (`--store` and `--remote` serve the sequential path only).
+
 Seams into transformers' serving (`transformers.cli.serving`), checked with transformers 5.24.0:
 - `ModelManager._load_model` returns every model the server loads: patched in auto mode there.
 - `ChatCompletionHandler._non_streaming` / `_streaming` and `CompletionHandler`'s (chat and legacy
-  completions) get the request's tokenized `inputs` and return the response: the usage they report gains
-  the cached tokens of the generate that ran on those `input_ids` (`hf_hybrid_cache.cached_tokens`).
-No server code of ours: requests, batching (sequential `generate` on one inference thread) and errors are
-transformers'. `--continuous-batching` bypasses `generate` (and refuses linear-attention layers): no caching.
+  completions) get the request's id and tokenized `inputs` and return the response: the usage they report
+  gains the cached tokens of the generate that ran on those `input_ids` (`hf_hybrid_cache.cached_tokens`),
+  or, under continuous batching, those its cache served the request.
+- `CBGenerateManager.init_cb` starts the engine with the server's `ContinuousBatchingConfig`: a patched
+  hybrid model gets a `HybridBatchingConfig` with our flags instead.
+No server code of ours: requests, batching, cancellation on disconnect and errors are transformers'.
 """
 
 import argparse
@@ -35,24 +42,29 @@ CACHE_MODES = ("branch", "align", "all", "none")
 
 # (store, file) saved after each response when `--store` is given.
 _saved_store: tuple[PrefixStore, Path] | None = None
+# `HybridBatchingConfig` fields for continuous batching, from our flags.
+_batching_fields: dict = {}
 
 
-def install(store: PrefixStore | None = None, store_path: Path | None = None) -> None:
+def install(store: PrefixStore | None = None, store_path: Path | None = None, batching: dict | None = None) -> None:
     """Hook transformers' serving: models load patched in auto mode over `store` (None: the process-wide
     store), and responses report cached prompt tokens; with `store_path`, `store` is saved there after each
-    response. Idempotent."""
+    response; `batching`: `HybridBatchingConfig` fields for continuous batching. Idempotent."""
     global _saved_store
     if store_path is not None:
         if store is None:
             raise ValueError("store_path saves a given store: pass store= too")
         _saved_store = (store, Path(store_path))
+    _batching_fields.update(batching or {})
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
     from transformers.cli.serving.model_manager import ModelManager
+    from transformers.cli.serving.utils import CBGenerateManager
 
     if getattr(ModelManager._load_model, "hf_hybrid_cache", False):
         return
     ModelManager._load_model = _patching_loads(ModelManager._load_model, store)
+    CBGenerateManager.init_cb = _hybrid_batching(CBGenerateManager.init_cb)
     for handler in (ChatCompletionHandler, CompletionHandler):
         handler._non_streaming = _reporting_non_streaming(handler._non_streaming)
         handler._streaming = _reporting_streaming(handler._streaming)
@@ -73,9 +85,38 @@ def _patching_loads(load_model, store):
     return patched_load
 
 
-def _with_cached_tokens(payload: dict, input_ids) -> dict:
+def _hybrid_batching(init_cb):
+    @functools.wraps(init_cb)
+    def hybrid_init_cb(self, model, gen_config):
+        if self._cb is None and getattr(model, "_hf_hybrid_cache_path", None) == "one-pass":
+            from ..continuous.engine import HybridBatchingConfig
+
+            fields = {} if self._cb_config is None else vars(self._cb_config)
+            self._cb_config = HybridBatchingConfig(**{**fields, **_batching_fields})
+        return init_cb(self, model, gen_config)
+
+    hybrid_init_cb.hf_hybrid_cache = True
+    return hybrid_init_cb
+
+
+def _cached_tokens_of(request_id: str, input_ids, gen_manager) -> int | None:
+    """The prompt tokens the request was served from a cache: continuous batching's (by request id), or the
+    store's through auto mode's generate (by input ids)."""
+    engine = getattr(gen_manager, "_cb", None)
+    if engine is None:
+        return cached_tokens(input_ids)
+    cache = getattr(engine.batch_processor, "cache", None)
+    reported = getattr(cache, "cached_tokens", None)
+    return None if reported is None else reported.get(request_id, 0)
+
+
+def _gen_manager(args: tuple, kwargs: dict):
+    """The handlers' `gen_manager` argument (after `gen_config`; by keyword in chat, by position in completions)."""
+    return kwargs["gen_manager"] if "gen_manager" in kwargs else args[1]
+
+
+def _with_cached_tokens(payload: dict, num_cached: int | None) -> dict:
     """`payload` (a completion or a chunk, as JSON) with `usage.prompt_tokens_details.cached_tokens` set."""
-    num_cached = cached_tokens(input_ids)
     if payload.get("usage") is not None and num_cached is not None:
         payload["usage"]["prompt_tokens_details"] = {"cached_tokens": num_cached}
     return payload
@@ -87,7 +128,8 @@ def _reporting_non_streaming(non_streaming):
         from starlette.responses import JSONResponse
 
         response = await non_streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
-        payload = _with_cached_tokens(json.loads(response.body), inputs["input_ids"])
+        num_cached = _cached_tokens_of(request_id, inputs["input_ids"], _gen_manager(args, kwargs))
+        payload = _with_cached_tokens(json.loads(response.body), num_cached)
         await _save_store()
         return JSONResponse(payload, status_code=response.status_code, media_type=response.media_type)
 
@@ -98,20 +140,21 @@ def _reporting_streaming(streaming):
     @functools.wraps(streaming)
     def reporting(self, request_id, model, processor, model_id, inputs, *args, **kwargs):
         response = streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
-        response.body_iterator = _report_in_events(response.body_iterator, inputs["input_ids"])
+        count = functools.partial(_cached_tokens_of, request_id, inputs["input_ids"], _gen_manager(args, kwargs))
+        response.body_iterator = _report_in_events(response.body_iterator, count)
         return response
 
     return reporting
 
 
-async def _report_in_events(events, input_ids):
+async def _report_in_events(events, count_cached):
     """Server-sent events as they come, the one carrying `usage` (sent after generation) with cached tokens."""
     async for part in events:
         if '"usage"' in part:
             lines = []
             for line in part.split("\n"):
                 if line.startswith("data: {"):
-                    line = "data: " + json.dumps(_with_cached_tokens(json.loads(line[len("data: ") :]), input_ids))
+                    line = "data: " + json.dumps(_with_cached_tokens(json.loads(line[len("data: ") :]), count_cached()))
                 lines.append(line)
             part = "\n".join(lines)
         yield part
@@ -144,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         store = PrefixStore(block_size=ours.cache_block_size, mamba_cache_mode=ours.cache_mode, max_bytes=max_bytes,
                             remote=ours.remote)
     set_default_store(store)
-    install(store, ours.store)
+    batching = dict(max_bytes=max_bytes, page_size=ours.cache_block_size, mamba_cache_mode=ours.cache_mode)
+    install(store, ours.store, batching)
     if ours.store is not None:
         atexit.register(store.save, ours.store)
     from transformers.cli.transformers import app

@@ -177,6 +177,20 @@ def test_a_cancelled_request_frees_its_slot_and_leaves_the_others_correct(qwen3_
         session.close()
 
 
+def test_a_request_longer_than_the_cache_is_refused_and_the_engine_runs_on(qwen3_5):
+    """transformers would queue it and stop its loop ("No requests can be scheduled"), failing the others."""
+    cold, model = qwen3_5
+    session = Session(model, max_bytes=2 << 20, max_requests=2)
+    try:
+        prompt = random_tokens(40, seed=15).tolist()
+        running = session.manager.add_request(prompt)
+        with pytest.raises(ValueError, match=r"needs 5008 cached tokens; this continuous batching cache holds 768"):
+            session.manager.add_request([5] * 5000)
+        assert session.collect([running])[running].generated_tokens == cold_tokens(cold, prompt)
+    finally:
+        session.close()
+
+
 def test_a_failing_forward_leaves_no_snapshot_and_no_slot(qwen3_5, monkeypatch):
     """A forward that raises half-way (after some recurrent layers staged states) fails its requests;
     nothing it staged becomes a snapshot and their slots are free."""
