@@ -4,6 +4,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -23,3 +26,24 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def start(command: list[str], port: int, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    log = open(log_path, "w")
+    return subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+
+
+def wait_until_up(process: subprocess.Popen, port: int, log_path: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"server on port {port} did not come up:\n{log_path.read_text()[-3000:]}")

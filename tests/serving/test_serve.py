@@ -3,43 +3,20 @@ tiny model directory saved by the test, and driven by the `openai` client: a cha
 its first turn from the store and reports it in `usage`, replies equal the plain server's, and bad requests
 get the plain server's errors. Both servers are stopped whatever happens."""
 
-import os
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
-from server_support import free_port, stop_process_group
+from server_support import free_port, start, stop_process_group, wait_until_up
 
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SYSTEM = "You are a terse assistant. Answer in one line. " * 12  # ~600 byte-level tokens
-
-
-def start(command: list[str], port: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    log = open(log_path, "w")
-    return subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-
-
-def wait_until_up(process: subprocess.Popen, port: int, log_path: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"server on port {port} did not come up:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")

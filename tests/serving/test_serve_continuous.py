@@ -1,0 +1,113 @@
+"""`python -m hf_hybrid_cache.serve MODEL --continuous-batching` driven by concurrent `openai` clients: four
+two-turn chats at once (two streaming) get the replies plain sequential `transformers serve` gives, each
+second turn reports cached tokens, and a client that disconnects mid-stream leaves the others correct and
+the server serving. Both servers are stopped whatever happens."""
+
+import sys
+import threading
+
+import openai
+import pytest
+from server_support import free_port, start, stop_process_group, wait_until_up
+
+from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
+
+SYSTEM = "You are a terse assistant. Answer in one line. " * 12  # ~600 byte-level tokens
+BLOCK = 32
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """(model directory, client of our continuous-batching server, client of plain sequential serving)."""
+    model_dir = tmp_path_factory.mktemp("tiny-qwen3-next-cb")
+    tiny_qwen3_next(seed=0).save_pretrained(model_dir)
+    tiny_byte_tokenizer().save_pretrained(model_dir)
+    ports = free_port(), free_port()
+    commands = (
+        [sys.executable, "-m", "hf_hybrid_cache.serve", str(model_dir), "--continuous-batching",
+         "--cache-block-size", str(BLOCK), "--cache-max-bytes-mib", "64"],
+        [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)],
+    )
+    logs = [model_dir.parent / f"cb-server-{i}.log" for i in range(2)]
+    processes = []
+    try:
+        for command, port, log in zip(commands, ports, logs):
+            processes.append(start(command, port, log))
+        for process, port, log in zip(processes, ports, logs):
+            wait_until_up(process, port, log)
+        yield str(model_dir), *(openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0,
+                                              timeout=300) for port in ports)
+    finally:
+        for process in processes:
+            stop_process_group(process)
+
+
+def reply(client, model, messages, stream: bool) -> tuple[str, object]:
+    """(reply text, usage), streamed or not."""
+    kwargs = dict(model=model, messages=messages, max_tokens=8, temperature=0)
+    if not stream:
+        response = client.chat.completions.create(**kwargs)
+        return response.choices[0].message.content, response.usage
+    text, usage = "", None
+    for chunk in client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        usage = chunk.usage or usage
+    return text, usage
+
+
+def in_threads(functions) -> list:
+    """Run the functions at once; their results in order, re-raising the first failure."""
+    results, errors = [None] * len(functions), []
+
+    def run(i, function):
+        try:
+            results[i] = function()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(functions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_four_concurrent_chats_equal_sequential_serving(servers):
+    model, ours, plain = servers
+    chats = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Question number {i}?"}]
+             for i in range(4)]
+    for turn in range(2):
+        replies = in_threads([lambda m=messages, i=i: reply(ours, model, m, stream=i % 2 == 0)
+                              for i, messages in enumerate(chats)])
+        for i, (messages, (text, usage)) in enumerate(zip(chats, replies)):
+            expected, expected_usage = reply(plain, model, messages, stream=i % 2 == 0)
+            assert text == expected
+            assert usage.prompt_tokens == expected_usage.prompt_tokens > 600
+            if turn == 1:  # the first turn, up to its last block boundary before its final token
+                assert usage.prompt_tokens_details.cached_tokens > 600 - BLOCK
+            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "And then?"}]
+
+
+def test_a_client_disconnecting_mid_stream_leaves_the_others_correct(servers):
+    model, ours, plain = servers
+    leaving = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Talk for a long time."}]
+    staying = [[{"role": "system", "content": "Be brief. " * 20}, {"role": "user", "content": f"Stay {i}."}]
+               for i in range(3)]
+
+    def disconnect_after_two_chunks():
+        stream = ours.chat.completions.create(model=model, messages=leaving, max_tokens=400, temperature=0, stream=True)
+        for number, _ in enumerate(stream):
+            if number == 2:
+                stream.response.close()
+                return number
+
+    results = in_threads([disconnect_after_two_chunks] + [lambda m=m: reply(ours, model, m, stream=True) for m in staying])
+    assert results[0] == 2
+    for messages, (text, _) in zip(staying, results[1:]):
+        assert text == reply(plain, model, messages, stream=True)[0]
+    # Still serving, and the cancelled request's slot is back: a request after it is answered correctly.
+    assert reply(ours, model, leaving, stream=False)[0] == reply(plain, model, leaving, stream=False)[0]
