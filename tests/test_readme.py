@@ -44,3 +44,11 @@ def test_save_and_load_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)
     assert (tmp_path / "prefixes.safetensors").exists()
     assert namespace["store"].stats()["blocks"] == blocks_before > 0 and namespace["store"].max_bytes == 64 << 20
+
+
+def test_continuous_batching_example_runs():
+    block = next(block for block in python_blocks() if "generate_batch(" in block)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block, "README.md", "exec"), {})
+    assert printed.getvalue().split("\n")[0] == "[8, 8, 8, 8]"
