@@ -4,7 +4,6 @@ its first turn from the store and reports it in `usage`, replies equal the plain
 get the plain server's errors. Both servers are stopped whatever happens."""
 
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
