@@ -133,6 +133,10 @@ class HybridPagedAttentionCache(PagedAttentionCache):
             self.mamba_cache_mode, self.page_size, len(state.initial_tokens), past_length,
             min(past_length + query_length, len(token_ids)), self._branch_points.get(request_id, 0),
         )
+        # No more states staged in one forward than the snapshots can keep: the deepest of each request's
+        # boundaries first (a long prompt in mode all would otherwise stage one snapshot per block).
+        room = self.snapshots.capacity - len(self.plan.checkpoint_keys)
+        boundaries = boundaries[len(boundaries) - room :] if room > 0 else []
         hashes = self._hashes(request_id, token_ids, boundaries[-1] // self.page_size) if boundaries else []
         plan = self.plan
         plan.cu_seqlens.append(plan.cu_seqlens[-1] + query_length)

@@ -130,6 +130,27 @@ def test_the_next_turn_hits_a_boundary_reached_while_decoding(qwen3_5):
         session.close()
 
 
+def test_a_forward_stages_no_more_states_than_the_snapshots_keep(qwen3_5):
+    """Mode all, room for 2 snapshots: a 100-token prompt keeps its two deepest boundaries (80, 96), and a
+    prompt sharing 97 tokens is served 96."""
+    from hf_hybrid_cache.continuous.state_slots import StateSlots, linear_layer_specs
+
+    cold, model = qwen3_5
+    max_bytes = 32 << 20
+    fraction = 2.5 * StateSlots.bytes_per_slot(linear_layer_specs(model)) / max_bytes
+    first = random_tokens(100, seed=16).tolist()
+    second = first[:97] + random_tokens(6, seed=17).tolist()
+    session = Session(model, mamba_cache_mode="all", snapshot_fraction=fraction, max_bytes=max_bytes)
+    try:
+        outputs = session.run([first]) + session.run([second])
+        for prompt, output in zip((first, second), outputs):
+            assert output.generated_tokens == cold_tokens(cold, prompt)
+        assert session.cache.snapshots.capacity == 2 and session.cache.snapshots.saved == 2  # the second reaches no new boundary
+        assert session.cache.cached_tokens[outputs[1].request_id] == 96
+    finally:
+        session.close()
+
+
 def test_chunked_prefill_and_waiting_for_a_slot(qwen3_5):
     """32 tokens per forward (prompts split over several) and 2 slots for 5 requests: each continues its own
     state across chunks, the others wait for a slot, and all equal cold."""
