@@ -10,6 +10,10 @@ allocators, block sharing and prefix matching) plus the recurrent layers' states
   deepest matched block whose boundary also has a state snapshot (`StateSnapshots`, keyed by the same
   hash), restored into the request's slot. Which boundaries are saved follows `mamba_cache_mode`
   (`store/modes.py`), with transformers' page size as the block size.
+- A new request sharing more blocks with a running one than the cache holds yet (requests arriving
+  together under one system prompt) waits until that one has computed them: the running one also saves
+  the boundary where the two part (as `generate()` batches do), and the waiting one is then served from it
+  instead of computing the same prefix again.
 """
 
 from dataclasses import dataclass, field
@@ -50,10 +54,14 @@ class HybridPagedAttentionCache(PagedAttentionCache):
         self._requests = {}  # request id -> RequestState, while it holds a slot
         self._block_hashes: dict[str, list[int]] = {}  # request id -> chained hashes of its first blocks
         self._branch_points: dict[str, int] = {}  # request id -> where its prompt left the cached K/V path
+        self._parting_points: dict[str, set[int]] = {}  # running request id -> boundaries a waiting one needs
+        self._waiting: set[str] = set()  # pending requests waiting for a running one's boundary
 
     # -- slots: taken with the first cache allocation, given back with the blocks --------------------------
 
     def can_store_request_tokens(self, state, request_len: int, dry_run: bool = False) -> bool:
+        if state.request_id in self._waiting:
+            return False
         has_slot = self.slots.slot(state.request_id) is not None
         if not has_slot and self.slots.num_free == 0:
             return False
@@ -69,6 +77,8 @@ class HybridPagedAttentionCache(PagedAttentionCache):
         self._requests.pop(request_id, None)
         self._block_hashes.pop(request_id, None)
         self._branch_points.pop(request_id, None)
+        self._parting_points.pop(request_id, None)
+        self._waiting.discard(request_id)
 
     def free_all_requests(self, clear_ledgers: bool = False) -> None:
         super().free_all_requests(clear_ledgers)
@@ -76,6 +86,8 @@ class HybridPagedAttentionCache(PagedAttentionCache):
         self._requests.clear()
         self._block_hashes.clear()
         self._branch_points.clear()
+        self._parting_points.clear()
+        self._waiting.clear()
         if clear_ledgers:  # the K/V blocks the snapshots go with are forgotten
             self.snapshots.clear()
 
@@ -107,8 +119,10 @@ class HybridPagedAttentionCache(PagedAttentionCache):
         matched = {name: allocator.match_prefix_blocks(prompt_ids) for name, allocator in self.cache_allocators.items()}
         kv_blocks = min(len(blocks) for blocks in matched.values())
         self._branch_points[request_id] = kv_blocks * self.page_size
-        hashes = self._hashes(request_id, prompt_ids, kv_blocks)
+        hashes = self._hashes(request_id, prompt_ids, (len(prompt_ids) - 1) // self.page_size)
         depth = next((b for b in range(kv_blocks, 0, -1) if hashes[b - 1] in self.snapshots), 0)
+        if self._wait_for_running(request_id, hashes, depth):
+            return 0
         slot = self.slots.assign(request_id) if depth else None
         if slot is None:
             return 0
@@ -121,6 +135,25 @@ class HybridPagedAttentionCache(PagedAttentionCache):
             self.cached_tokens.pop(next(iter(self.cached_tokens)))
         return prefix_len
 
+    def _wait_for_running(self, request_id: str, hashes: list[int], depth: int) -> bool:
+        """Whether the pending request waits for a running one that shares more of its blocks than the `depth`
+        served now and has not computed them yet; if so, that one saves the boundary where they part."""
+        if self.mamba_cache_mode == "none":
+            return False
+        owner, parting = None, depth * self.page_size
+        for other_id, state in self._requests.items():
+            token_ids = state.initial_tokens + state.generated_tokens
+            theirs = self._hashes(other_id, token_ids, min(len(hashes), len(token_ids) // self.page_size))
+            shared = next((b for b, (a, c) in enumerate(zip(hashes, theirs)) if a != c), len(theirs)) * self.page_size
+            if shared > parting and state.position_offset < shared:
+                owner, parting = other_id, shared
+        if owner is None:
+            self._waiting.discard(request_id)
+            return False
+        self._parting_points.setdefault(owner, set()).add(parting)
+        self._waiting.add(request_id)
+        return True
+
     # -- the packed plan each forward's recurrent layers read ----------------------------------------------
 
     def _pack(self, request_id: str, past_length: int, query_length: int) -> None:
@@ -129,10 +162,13 @@ class HybridPagedAttentionCache(PagedAttentionCache):
             self.plan = PackedPlan()
         state = self._requests[request_id]
         token_ids = state.initial_tokens + state.generated_tokens
+        end = min(past_length + query_length, len(token_ids))
         boundaries = saved_boundaries(
-            self.mamba_cache_mode, self.page_size, len(state.initial_tokens), past_length,
-            min(past_length + query_length, len(token_ids)), self._branch_points.get(request_id, 0),
+            self.mamba_cache_mode, self.page_size, len(state.initial_tokens), past_length, end,
+            self._branch_points.get(request_id, 0),
         )
+        parting = [b for b in self._parting_points.get(request_id, ()) if past_length < b <= end]
+        boundaries = sorted(set(boundaries).union(parting))
         # No more states staged in one forward than the snapshots can keep: the deepest of each request's
         # boundaries first (a long prompt in mode all would otherwise stage one snapshot per block).
         room = self.snapshots.capacity - len(self.plan.checkpoint_keys)

@@ -114,6 +114,24 @@ def test_a_later_request_starts_from_the_shared_prefix(qwen3_5, mode, expected_h
         session.close()
 
 
+@pytest.mark.parametrize("mode, expected_hits", [("none", 0), ("align", 64), ("branch", 64)])
+def test_requests_arriving_together_compute_their_shared_prefix_once(qwen3_5, mode, expected_hits):
+    """Four prompts sharing 70 tokens sent at once: the first computes them and saves the boundary where the
+    prompts part (64; align alone would save only 96, its last before its final token); the others wait
+    for it and are served 64 (in mode none, nothing is saved: all compute everything)."""
+    cold, model = qwen3_5
+    prompts = prompts_sharing(70, [30, 40, 35, 50], seed=18)
+    session = Session(model, mamba_cache_mode=mode)
+    try:
+        outputs = session.run(prompts)
+        for prompt, output in zip(prompts, outputs):
+            assert output.generated_tokens == cold_tokens(cold, prompt)
+        served = [session.cache.cached_tokens.get(output.request_id, 0) for output in outputs]
+        assert served == [0] + [expected_hits] * 3
+    finally:
+        session.close()
+
+
 def test_the_next_turn_hits_a_boundary_reached_while_decoding(qwen3_5):
     """Mode align saves the boundaries past the prompt: turn 2 (turn 1 + its reply + more) is served 48 of
     turn 1's 34 + 20 generated tokens."""
