@@ -9,6 +9,10 @@ Seams into `transformers.generation.continuous_batching`, checked with transform
 - `continuous_api.PagedAttentionCache`, built by `ContinuousBatchingManager._create_batch_processor`: for
   such a config, `HybridPagedAttentionCache` with its slots and snapshots; any other config gets
   transformers' class as before.
+- `AttentionInterface`'s "sdpa" (transformers' attention for continuous batching on CPU): packs every request
+  into one row with a block-diagonal mask, repeating the K/V heads of all requests' keys for grouped-query
+  attention. In our batches on CPU, SDPA reads the K/V heads as they are (`enable_gqa`): a third of a
+  decode step at 8 requests. Any other call runs transformers' function.
 - `model.init_continuous_batching`, which `generate_batch`, `continuous_batching_context_manager` and
   serving's `CBGenerateManager` all go through: wrapped by `patch()` to size and register the model first.
 """
@@ -19,13 +23,14 @@ from dataclasses import dataclass
 
 import torch
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
+from transformers.modeling_utils import AttentionInterface
 from transformers.generation.continuous_batching import cache as cb_cache
 from transformers.generation.continuous_batching import continuous_api, initialization
 from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
 from transformers.generation.continuous_batching.utils import find_head_dim, find_num_key_value_heads
 
 from ..store.modes import MAMBA_CACHE_MODES
-from .paged_cache import HybridPagedAttentionCache
+from .paged_cache import PACKED_BATCH, HybridPagedAttentionCache
 from .snapshots import StateSnapshots
 from .state_slots import LinearLayerSpec, StateSlots, linear_layer_specs
 
@@ -117,13 +122,31 @@ def _paged_cache(original):
     return paged_attention_cache
 
 
+def _sdpa_packed_gqa(original):
+    def sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+        """query `[1, heads, Q, head_dim]`, key / value `[1, kv_heads, K, head_dim]`, attention_mask
+        `[1, 1, Q, K]` -> `[1, Q, heads, head_dim]`."""
+        if not (kwargs.get(PACKED_BATCH) and query.device.type == "cpu" and attention_mask is not None
+                and getattr(module, "num_key_value_groups", 1) > 1 and kwargs.get("position_bias") is None):
+            return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                            is_causal=is_causal, **kwargs)
+        output = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+        )
+        return output.transpose(1, 2).contiguous(), None
+
+    sdpa.hf_hybrid_cache = True
+    return sdpa
+
+
 def _install_seams() -> None:
-    """Idempotent: transformers' grouping and cache class made aware of registered hybrid configs."""
+    """Idempotent: transformers' grouping, cache class and CPU attention made aware of our batches."""
     if getattr(cb_cache.group_layers_by_attn_type, "hf_hybrid_cache", False):
         return
     grouping = _group_layers(cb_cache.group_layers_by_attn_type)
     cb_cache.group_layers_by_attn_type = initialization.group_layers_by_attn_type = grouping
     continuous_api.PagedAttentionCache = _paged_cache(continuous_api.PagedAttentionCache)
+    AttentionInterface.register("sdpa", _sdpa_packed_gqa(AttentionInterface._global_mapping["sdpa"]))
 
 
 def _check_layer_types(model, text_config) -> None:

@@ -27,6 +27,7 @@ from .snapshots import StateSnapshots
 from .state_slots import StateSlots
 
 MAX_REPORTED_REQUESTS = 4096  # cached-token counts kept for requests that finished, newest first
+PACKED_BATCH = "hf_hybrid_packed_batch"  # set in the attention kwargs of a continuous batch of ours
 
 
 @dataclass
@@ -188,6 +189,11 @@ class HybridPagedAttentionCache(PagedAttentionCache):
     def fill_block_table(self, request_id, past_length, query_length, block_table) -> None:
         self._pack(request_id, past_length, query_length)
         super().fill_block_table(request_id, past_length, query_length, block_table)
+
+    def update(self, key_states, value_states, layer_idx: int, kwargs: dict):
+        # Marks the attention call that follows (same kwargs) as one of ours: `engine._sdpa_packed_gqa`.
+        kwargs[PACKED_BATCH] = True
+        return super().update(key_states, value_states, layer_idx, kwargs)
 
     def packed_plan(self) -> PackedPlan:
         """The plan of the forward running now (every recurrent layer of it reads the same one)."""

@@ -263,6 +263,26 @@ def test_a_failing_forward_leaves_no_snapshot_and_no_slot(qwen3_5, monkeypatch):
         session.close()
 
 
+def test_attention_reads_kv_heads_unrepeated_in_our_batches_only(qwen3_5, monkeypatch):
+    """On CPU, transformers' packed SDPA repeats every request's K/V heads for grouped-query attention; in our
+    batches SDPA reads them as they are (`enable_gqa`), and any other call is transformers' as before."""
+    cold, model = qwen3_5
+    assert model.config.num_attention_heads > model.config.num_key_value_heads
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: calls.append(kwargs.get("enable_gqa", False)) or sdpa(*args, **kwargs))
+    prompts = prompts_sharing(20, [5, 9])
+    outputs = model.generate_batch(prompts, generation_config=greedy(), continuous_batching_config=config(),
+                                   progress_bar=False)
+    assert calls and all(calls)
+    for output in outputs.values():
+        assert output.generated_tokens == cold_tokens(cold, output.prompt_ids)
+    calls.clear()  # a padded batch outside continuous batching: transformers repeats the heads itself
+    cold.generate(torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]]), attention_mask=torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]),
+                  max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert calls and not any(calls)
+
+
 def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
     _, model = qwen3_5
     budget = 8 << 20
