@@ -29,6 +29,8 @@ _TRITON_MODULES = {
     "causal_conv1d": "conv_triton",
     "causal_conv1d_update": "conv_triton",
 }
+# Public ops composed of the ones above (`varlen.py`): they run those ops' launchers, none of their own.
+COMPOSED_OPS = ("causal_conv1d_varlen", "gated_delta_rule_varlen")
 
 
 def _triton_launcher(op: str):
