@@ -73,6 +73,10 @@ class HybridBatchingConfig(ContinuousBatchingConfig):
             raise ValueError(f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {self.mamba_cache_mode!r}")
 
 
+class RequestTooLongError(ValueError):
+    """A request needs more cached tokens than the whole continuous batching cache holds."""
+
+
 @dataclass
 class _Registered:
     config_ref: weakref.ref
@@ -259,7 +263,7 @@ def _refusing_what_cannot_fit(manager, add_request):
         new_tokens = max_new_tokens if max_new_tokens is not None else manager.generation_config.max_new_tokens
         needed = len(input_ids) + (new_tokens or 0)
         if capacity is not None and needed > capacity:
-            raise ValueError(
+            raise RequestTooLongError(
                 f"a prompt of {len(input_ids)} tokens with max_new_tokens={new_tokens} needs {needed} cached tokens; this "
                 f"continuous batching cache holds {capacity}: raise HybridBatchingConfig(max_bytes=...) (the server's "
                 "--cache-max-bytes-mib) or send a shorter request"

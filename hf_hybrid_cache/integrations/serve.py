@@ -20,13 +20,15 @@ Seams into transformers' serving (`transformers.cli.serving`), checked with tran
   gains the cached tokens of the generate that ran on those `input_ids` (`hf_hybrid_cache.cached_tokens`),
   or, under continuous batching, those its cache served the request.
 - `CBGenerateManager.init_cb` starts the engine with the server's `ContinuousBatchingConfig`: a patched
-  hybrid model gets a `HybridBatchingConfig` with our flags instead.
+  hybrid model gets a `HybridBatchingConfig` with our flags instead. A request longer than that engine's
+  whole cache gets HTTP 400 naming `--cache-max-bytes-mib` (the handlers above turn the error into it).
 No server code of ours: requests, batching, cancellation on disconnect and errors are transformers'.
 """
 
 import argparse
 import asyncio
 import atexit
+import contextlib
 import functools
 import json
 import sys
@@ -122,12 +124,27 @@ def _with_cached_tokens(payload: dict, num_cached: int | None) -> dict:
     return payload
 
 
+@contextlib.contextmanager
+def _too_long_as_bad_request():
+    """A request longer than continuous batching's whole cache: HTTP 400 with the reason (transformers
+    answers an unexpected error with a bare 500)."""
+    from fastapi import HTTPException
+
+    from ..continuous.engine import RequestTooLongError
+
+    try:
+        yield
+    except RequestTooLongError as error:
+        raise HTTPException(status_code=400, detail=str(error)) from error
+
+
 def _reporting_non_streaming(non_streaming):
     @functools.wraps(non_streaming)
     async def reporting(self, request_id, model, processor, model_id, inputs, *args, **kwargs):
         from starlette.responses import JSONResponse
 
-        response = await non_streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
+        with _too_long_as_bad_request():
+            response = await non_streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
         num_cached = _cached_tokens_of(request_id, inputs["input_ids"], _gen_manager(args, kwargs))
         payload = _with_cached_tokens(json.loads(response.body), num_cached)
         await _save_store()
@@ -139,7 +156,8 @@ def _reporting_non_streaming(non_streaming):
 def _reporting_streaming(streaming):
     @functools.wraps(streaming)
     def reporting(self, request_id, model, processor, model_id, inputs, *args, **kwargs):
-        response = streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
+        with _too_long_as_bad_request():
+            response = streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
         count = functools.partial(_cached_tokens_of, request_id, inputs["input_ids"], _gen_manager(args, kwargs))
         response.body_iterator = _report_in_events(response.body_iterator, count)
         return response

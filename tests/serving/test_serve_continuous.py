@@ -111,3 +111,15 @@ def test_a_client_disconnecting_mid_stream_leaves_the_others_correct(servers):
         assert text == reply(plain, model, messages, stream=True)[0]
     # Still serving, and the cancelled request's slot is back: a request after it is answered correctly.
     assert reply(ours, model, leaving, stream=False)[0] == reply(plain, model, leaving, stream=False)[0]
+
+
+def test_a_request_too_long_for_the_cache_fails_alone(servers):
+    """A request the whole cache cannot hold is refused with an error; the engine keeps serving the others
+    (transformers would otherwise stop its loop and fail every request)."""
+    model, ours, plain = servers
+    messages = [{"role": "user", "content": "Write forever."}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as error:
+            ours.chat.completions.create(model=model, messages=messages, max_tokens=10**7, temperature=0, stream=stream)
+        assert "--cache-max-bytes-mib" in error.value.response.text
+    assert reply(ours, model, messages, stream=False)[0] == reply(plain, model, messages, stream=False)[0]
