@@ -20,7 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, LinearAt
 from .cache import HybridPrefixCache
 from .integrations import auto as auto_mode
 from .layout import SUPPORTED_CACHE_LAYERS
-from .models.registry import REFUSED_FAMILIES, is_one_pass_mixer, patched_mixer_class
+from .models.registry import is_one_pass_mixer, patched_mixer_class, refusal
 from .models.wrappers import unwrap
 from .batch import BatchRequest
 from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest, sequences_per_prompt
@@ -102,9 +102,11 @@ def _check_supported(model: torch.nn.Module) -> list:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "get_text_config") or getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}. Supported: {SUPPORTED_MODELS}.")
-    model_type = config.get_text_config(decoder=True).model_type
-    if model_type in REFUSED_FAMILIES:
-        raise ValueError(f"{type(model).__name__} ({model_type}) cannot be served: {REFUSED_FAMILIES[model_type]}.")
+    text_config = config.get_text_config(decoder=True)
+    model_type = text_config.model_type
+    reason = refusal(text_config)
+    if reason is not None:
+        raise ValueError(f"{type(model).__name__} ({model_type}) cannot be served: {reason}.")
     own_cache = _own_cache_class(model)
     if own_cache is not None:
         raise ValueError(

@@ -26,6 +26,19 @@ REFUSED_FAMILIES = {
     "diffusion_gemma_text": "it generates by block diffusion (a decoder denoising a canvas over the encoded prompt), "
     "with a generate of its own that takes only the uncached tokens: not a causal continuation of a cache",
 }
+
+
+def refusal(text_config) -> str | None:
+    """Why a model with this (text) config cannot be served, or None."""
+    if text_config.model_type in REFUSED_FAMILIES:
+        return REFUSED_FAMILIES[text_config.model_type]
+    if text_config.model_type == "dory" and getattr(text_config, "recurrent_kv_cache_mode", None) == "per_loop":
+        return ("in recurrent_kv_cache_mode='per_loop' (its default) its first forward adds a cache layer per "
+                "extra recurrent loop, which a cache restored before that forward does not have; load it with "
+                "recurrent_kv_cache_mode='last_loop' (one cache per recurrent layer), which is served")
+    return None
+
+
 ADAPTER_MODULES = {
     "Qwen3NextGatedDeltaNet": "hf_hybrid_cache.models.qwen3_next",
     "Qwen3_5GatedDeltaNet": "hf_hybrid_cache.models.qwen3_5",

@@ -182,3 +182,15 @@ def test_block_diffusion_is_refused_at_patch():
     with pytest.raises(ValueError, match="block diffusion"):
         hhc.patch(model)
     assert not hasattr(model, "_hf_hybrid_cache_patched")
+
+
+def test_dory_per_loop_is_refused_at_patch_and_last_loop_served():
+    """Dory's default per_loop mode adds cache layers in its first forward (a restored hit would lack them);
+    last_loop is tested above (`AUTO_TINY_FAMILIES`)."""
+    from hf_hybrid_cache.tiny import tiny_default_config
+
+    assert tiny_default_config("dory").recurrent_kv_cache_mode == "last_loop"
+    model = tiny_default_model("dory")
+    model.config.recurrent_kv_cache_mode = "per_loop"
+    with pytest.raises(ValueError, match="recurrent_kv_cache_mode='last_loop'"):
+        hhc.patch(model)
