@@ -104,7 +104,7 @@ def _check_supported(model: torch.nn.Module) -> list:
         raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}. Supported: {SUPPORTED_MODELS}.")
     text_config = config.get_text_config(decoder=True)
     model_type = text_config.model_type
-    reason = refusal(text_config)
+    reason = refusal(config)
     if reason is not None:
         raise ValueError(f"{type(model).__name__} ({model_type}) cannot be served: {reason}.")
     own_cache = _own_cache_class(model)

@@ -312,8 +312,6 @@ _GENERATING_MAPPINGS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TE
 # beside the hand-written ones; `scripts/family_table.py` lists the others. Moshi's default sliding window equals
 # its maximum length (it never slides; its forward masks causally, so a window shorter than the prompt would
 # make its own cache continuation differ from one forward): kept so here. Accepted by patch() but left out:
-# - kyutai_speech_to_text, voxtral_realtime: generate needs audio (`input_values`, `input_features`) on every
-#   request, which the block keys cannot see, so every request runs uncached: nothing to compare;
 # - gemma3n: its vision tower is a `TimmWrapperModel` (timm is not a dependency); gemma3n_text is tested.
 AUTO_TINY_FAMILIES = (
     "afmoe", "axk2", "aya_vision", "beam", "cohere2", "cohere2_moe", "cohere2_vision", "cwm", "deepseek_v32",

@@ -23,15 +23,22 @@ UNKEYED_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "inpu
 REFUSED_FAMILIES = {
     "recurrent_gemma": "its recurrent blocks keep their conv and RG-LRU states on the modules, not in the cache, "
     "and a multi-token step restarts the conv from zeros: a restored prefix could not be continued",
+    "kyutai_speech_to_text": "it transcribes audio given on every request (codebook tokens beside the text), "
+    "which the block keys cannot see, so nothing could ever be served; its cache is probed through "
+    "embeddings it does not have",
+    "voxtral_realtime": "it transcribes audio given on every request (input_features), which the block keys "
+    "cannot see, so nothing could ever be served; its forward needs that audio even to probe the cache layout",
     "diffusion_gemma_text": "it generates by block diffusion (a decoder denoising a canvas over the encoded prompt), "
     "with a generate of its own that takes only the uncached tokens: not a causal continuation of a cache",
 }
 
 
-def refusal(text_config) -> str | None:
-    """Why a model with this (text) config cannot be served, or None."""
-    if text_config.model_type in REFUSED_FAMILIES:
-        return REFUSED_FAMILIES[text_config.model_type]
+def refusal(config) -> str | None:
+    """Why a model with this config cannot be served, or None."""
+    text_config = config.get_text_config(decoder=True)
+    for model_type in (config.model_type, text_config.model_type):
+        if model_type in REFUSED_FAMILIES:
+            return REFUSED_FAMILIES[model_type]
     if text_config.model_type == "dory" and getattr(text_config, "recurrent_kv_cache_mode", None) == "per_loop":
         return ("in recurrent_kv_cache_mode='per_loop' (its default) its first forward adds a cache layer per "
                 "extra recurrent loop, which a cache restored before that forward does not have; load it with "

@@ -15,7 +15,7 @@ from cold_oracle import (
     random_tokens,
     split_continuation_error,
 )
-from hf_hybrid_cache.tiny import AUTO_TINY_FAMILIES, TINY_FAMILIES, tiny_default_model, tiny_model
+from hf_hybrid_cache.tiny import AUTO_TINY_FAMILIES, TINY_FAMILIES, generating_class_name, tiny_default_model, tiny_model
 
 FAMILIES = ["qwen3_next", *TINY_FAMILIES]
 MODES = ["none", "align", "branch", "all"]
@@ -193,4 +193,16 @@ def test_dory_per_loop_is_refused_at_patch_and_last_loop_served():
     model = tiny_default_model("dory")
     model.config.recurrent_kv_cache_mode = "per_loop"
     with pytest.raises(ValueError, match="recurrent_kv_cache_mode='last_loop'"):
+        hhc.patch(model)
+
+
+@pytest.mark.parametrize("model_type", ["kyutai_speech_to_text", "voxtral_realtime"])
+def test_speech_to_text_with_audio_on_every_request_is_refused_at_patch(model_type):
+    """Their generate takes audio on every request, which the keys cannot see: refused when patched, not
+    found out inside generate (the cache probe needs that audio, or embeddings Kyutai does not have)."""
+    import transformers
+
+    with torch.device("meta"):
+        model = getattr(transformers, generating_class_name(model_type))(transformers.CONFIG_MAPPING[model_type]())
+    with pytest.raises(ValueError, match="audio given on every request"):
         hhc.patch(model)
