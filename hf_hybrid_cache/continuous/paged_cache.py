@@ -44,6 +44,9 @@ class PackedPlan:
 
 
 class HybridPagedAttentionCache(PagedAttentionCache):
+    """transformers' paged K/V cache of a hybrid model's attention layers, plus its recurrent layers' state
+    slots and snapshots (module docstring)."""
+
     def __init__(self, *args, slots: StateSlots, snapshots: StateSnapshots, mamba_cache_mode: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.slots = slots
