@@ -102,8 +102,7 @@ def _check_supported(model: torch.nn.Module) -> list:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "get_text_config") or getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"hf_hybrid_cache cannot serve {type(model).__name__}. Supported: {SUPPORTED_MODELS}.")
-    text_config = config.get_text_config(decoder=True)
-    model_type = text_config.model_type
+    model_type = config.get_text_config(decoder=True).model_type
     reason = refusal(config)
     if reason is not None:
         raise ValueError(f"{type(model).__name__} ({model_type}) cannot be served: {reason}.")
