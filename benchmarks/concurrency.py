@@ -26,7 +26,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from serve import free_port, start_server  # noqa: E402  (benchmarks/serve.py)
+from serve import free_port, start_server, streamed_turn  # noqa: E402  (benchmarks/serve.py)
 
 from demo.loader import TINY_SIZES  # noqa: E402
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next  # noqa: E402
@@ -40,20 +40,6 @@ SERVERS = {
 }
 
 
-def streamed_turn(client, model: str, messages: list[dict], max_tokens: int) -> tuple[float, str, int]:
-    """(TTFT s, reply, completion tokens)."""
-    start = time.perf_counter()
-    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
-    ttft, reply, usage = None, "", None
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            ttft = ttft or time.perf_counter() - start
-            reply += chunk.choices[0].delta.content
-        usage = chunk.usage or usage
-    return ttft, reply, usage.completion_tokens
-
-
 def run_clients(client, model: str, num_clients: int, turns: int, max_tokens: int) -> dict:
     """Every client's chat at once: {"ttft": [...], "tokens": n, "wall": s, "replies": {(client, turn): text}}."""
     ttfts, replies, tokens, lock = [], {}, [0], threading.Lock()
@@ -62,12 +48,12 @@ def run_clients(client, model: str, num_clients: int, turns: int, max_tokens: in
         messages = [{"role": "system", "content": SYSTEM}]
         for turn in range(turns):
             messages.append({"role": "user", "content": f"Client {index}: {QUESTIONS[(index + turn) % len(QUESTIONS)]}"})
-            ttft, reply, completion_tokens = streamed_turn(client, model, messages, max_tokens)
+            ttft, reply, usage = streamed_turn(client, model, messages, max_tokens)
             messages.append({"role": "assistant", "content": reply})
             with lock:
                 ttfts.append(ttft)
                 replies[index, turn] = reply
-                tokens[0] += completion_tokens
+                tokens[0] += usage.completion_tokens
 
     start = time.perf_counter()
     threads = [threading.Thread(target=chat, args=(i,)) for i in range(num_clients)]

@@ -50,19 +50,18 @@ def start_server(command: list[str], port: int) -> subprocess.Popen:
     raise RuntimeError(f"{command} did not come up on port {port}")
 
 
-def streamed_turn(client, model: str, messages: list[dict]) -> tuple[float, str, int, int]:
-    """(TTFT s, reply, prompt tokens, of which served from the store)."""
+def streamed_turn(client, model: str, messages: list[dict], max_tokens: int = 16) -> tuple[float, str, object]:
+    """(TTFT s, reply, usage) of one greedy streamed turn."""
     start = time.perf_counter()
-    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=16, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
     ttft, reply, usage = None, "", None
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             ttft = ttft or time.perf_counter() - start
             reply += chunk.choices[0].delta.content
         usage = chunk.usage or usage
-    details = usage.prompt_tokens_details
-    return ttft, reply, usage.prompt_tokens, details.cached_tokens if details else 0
+    return ttft, reply, usage
 
 
 def main():
@@ -94,7 +93,9 @@ def main():
                     out = {i: streamed_turn(clients[i], model_dir, messages) for i in order}
                     if out[0][1] != out[1][1]:
                         raise RuntimeError(f"turn {turn}: the servers replied differently")
-                    ttft_cached, reply, prompt_tokens, cached_tokens = out[0]
+                    ttft_cached, reply, usage = out[0]
+                    details = usage.prompt_tokens_details
+                    prompt_tokens, cached_tokens = usage.prompt_tokens, details.cached_tokens if details else 0
                     results[turn]["cached"].append(ttft_cached)
                     results[turn]["plain"].append(out[1][0])
                     results[turn]["computed"].append(prompt_tokens - cached_tokens)

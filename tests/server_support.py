@@ -1,5 +1,6 @@
 """Helpers for tests that run a server in a child process (the demo, `python -m hf_hybrid_cache.serve`)."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -47,3 +48,21 @@ def wait_until_up(process: subprocess.Popen, port: int, log_path: Path, timeout:
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"server on port {port} did not come up:\n{log_path.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running_servers(commands: list[list[str]], log_dir: Path, prefix: str):
+    """Start every command on a free port at once, wait until all are up, yield their ports; stop them all
+    whatever happens."""
+    ports = [free_port() for _ in commands]
+    logs = [log_dir / f"{prefix}-{i}.log" for i in range(len(commands))]
+    processes = []
+    try:
+        for command, port, log in zip(commands, ports, logs):
+            processes.append(start(command, port, log))
+        for process, port, log in zip(processes, ports, logs):
+            wait_until_up(process, port, log)
+        yield ports
+    finally:
+        for process in processes:
+            stop_process_group(process)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from server_support import free_port, start, stop_process_group, wait_until_up
+from server_support import free_port, running_servers, start, stop_process_group, wait_until_up
 
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 
@@ -24,23 +24,13 @@ def servers(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("tiny-qwen3-next")
     tiny_qwen3_next(seed=0).save_pretrained(model_dir)
     tiny_byte_tokenizer().save_pretrained(model_dir)
-    ports = free_port(), free_port()
-    commands = (
+    commands = [
         [sys.executable, "-m", "hf_hybrid_cache.serve", str(model_dir), "--cache-block-size", "32"],
         [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)],
-    )
-    logs = [model_dir.parent / f"server-{i}.log" for i in range(2)]
-    processes = []
-    try:
-        for command, port, log in zip(commands, ports, logs):
-            processes.append(start(command, port, log))
-        for process, port, log in zip(processes, ports, logs):
-            wait_until_up(process, port, log)
+    ]
+    with running_servers(commands, model_dir.parent, "server") as ports:
         clients = [openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) for port in ports]
         yield str(model_dir), *clients, ports[0]
-    finally:
-        for process in processes:
-            stop_process_group(process)
 
 
 def chat(client, model, messages, **kwargs):
@@ -121,15 +111,9 @@ def test_two_replicas_share_one_redis(servers, redis_server, tmp_path):
     """A conversation started on replica A continues on replica B: B is served A's turn from Redis and
     replies as plain serving does."""
     model, _, plain, _ = servers
-    ports = free_port(), free_port()
-    processes = []
-    try:
-        for replica, port in enumerate(ports):
-            command = [sys.executable, "-m", "hf_hybrid_cache.serve", model, "--cache-block-size", "32",
-                       "--remote", redis_server.url]
-            processes.append(start(command, port, tmp_path / f"replica-{replica}.log"))
-        for process, port, replica in zip(processes, ports, range(2)):
-            wait_until_up(process, port, tmp_path / f"replica-{replica}.log")
+    command = [sys.executable, "-m", "hf_hybrid_cache.serve", model, "--cache-block-size", "32", "--remote",
+               redis_server.url]
+    with running_servers([command, command], tmp_path, "replica") as ports:
         replica_a, replica_b = (openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
                                 for port in ports)
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Start on A."}]
@@ -144,6 +128,3 @@ def test_two_replicas_share_one_redis(servers, redis_server, tmp_path):
         second = chat(replica_b, model, messages)
         assert second.choices[0].message.content == chat(plain, model, messages).choices[0].message.content
         assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens // 32 * 32 > 0
-    finally:
-        for process in processes:
-            stop_process_group(process)

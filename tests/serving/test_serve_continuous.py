@@ -8,7 +8,7 @@ import threading
 
 import openai
 import pytest
-from server_support import free_port, start, stop_process_group, wait_until_up
+from server_support import running_servers
 
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 
@@ -22,24 +22,14 @@ def servers(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("tiny-qwen3-next-cb")
     tiny_qwen3_next(seed=0).save_pretrained(model_dir)
     tiny_byte_tokenizer().save_pretrained(model_dir)
-    ports = free_port(), free_port()
-    commands = (
+    commands = [
         [sys.executable, "-m", "hf_hybrid_cache.serve", str(model_dir), "--continuous-batching",
          "--cache-block-size", str(BLOCK), "--cache-max-bytes-mib", "64"],
         [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)],
-    )
-    logs = [model_dir.parent / f"cb-server-{i}.log" for i in range(2)]
-    processes = []
-    try:
-        for command, port, log in zip(commands, ports, logs):
-            processes.append(start(command, port, log))
-        for process, port, log in zip(processes, ports, logs):
-            wait_until_up(process, port, log)
+    ]
+    with running_servers(commands, model_dir.parent, "cb-server") as ports:
         yield str(model_dir), *(openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0,
                                               timeout=300) for port in ports)
-    finally:
-        for process in processes:
-            stop_process_group(process)
 
 
 def reply(client, model, messages, stream: bool) -> tuple[str, object]:
