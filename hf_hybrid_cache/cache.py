@@ -14,6 +14,7 @@ import torch
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, Cache, get_layer_types_and_kwargs
 
 from .integrations.display import html_table, store_rows
+from . import seams
 from .layout import WINDOW_KINDS, model_layout
 from .models.keying import TEXT, PromptKeying
 from .models.wrappers import unwrap
@@ -347,6 +348,7 @@ class HybridPrefixCache(Cache):
                 tensors = layer.conv_states if state.kind == "conv" else layer.recurrent_states
                 tensors[state.state_idx].copy_(saved)
                 layer.has_previous_state[state.state_idx] = True
+            seams.set_token_count(layer, num_tokens)
         self.num_seen_tokens = self.num_cached_tokens = num_tokens
 
     def end_request(self, sequences: torch.Tensor | None) -> None:

@@ -17,6 +17,7 @@ import types
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
 
+from . import seams
 from .cache import HybridPrefixCache
 from .integrations import auto as auto_mode
 from .layout import SUPPORTED_CACHE_LAYERS
@@ -35,7 +36,12 @@ SUPPORTED_MODELS = (
 )
 
 
-def patch(model: torch.nn.Module, auto: bool | None = None, store: PrefixStore | None = None) -> torch.nn.Module:
+def patch(
+    model: torch.nn.Module,
+    auto: bool | None = None,
+    store: PrefixStore | None = None,
+    allow_untested_transformers: bool | None = None,
+) -> torch.nn.Module:
     """Prepare `model` for `HybridPrefixCache`; idempotent. Returns `model`.
 
     Accepts every model class of a supported family (causal LMs, vision-language models, base models,
@@ -52,11 +58,15 @@ def patch(model: torch.nn.Module, auto: bool | None = None, store: PrefixStore |
             (batches, samples and beams included; what caching cannot serve, such as assisted decoding,
             runs as unpatched generate); False: turn that off again; None (default): leave it as it is.
         store: the `PrefixStore` auto mode uses; None: the process-wide one (`get_default_store()`).
+        allow_untested_transformers: patch even on a transformers release outside the tested range (`seams.py`),
+            with a warning; None: as the environment variable `HF_HYBRID_CACHE_ALLOW_UNTESTED_TRANSFORMERS` says.
 
     Raises:
+        RuntimeError: the installed transformers is outside the tested range and no opt-in was given.
         ValueError: the model cannot be served (encoder-decoder, a cache class of its own, no attention layer
             at all, prompt-learning peft adapters); the message says why and lists what is supported.
     """
+    seams.check_release(allow_untested_transformers)
     served = unwrap(model)
     if not getattr(served, "_hf_hybrid_cache_patched", False):
         _patch(served)

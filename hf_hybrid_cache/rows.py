@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionCacheLayerMixin
 
+from . import seams
+
 if TYPE_CHECKING:
     from .cache import HybridPrefixCache
 
@@ -30,6 +32,7 @@ def stack_layers(cache: "HybridPrefixCache", rows: list["HybridPrefixCache"]) ->
                     layer.lazy_initialization(**{f"{kind}_states": stacked}, state_idx=state_idx)
                     getattr(layer, f"{kind}_states")[state_idx].copy_(stacked)
                 layer.has_previous_state[state_idx] = any(row_layer.has_previous_state[state_idx] for row_layer in row_layers)
+            seams.set_token_count(layer, cache.num_seen_tokens)
         if isinstance(layer, DynamicLayer):
             held = [row_layer for row_layer in row_layers if row_layer.is_initialized and row_layer.keys.numel()]
             if not held:
@@ -63,6 +66,7 @@ def bind_row(cache: "HybridPrefixCache", row: "HybridPrefixCache", row_idx: int,
                         getattr(row_layer, f"{kind}_states")[state_idx] = state[row_idx : row_idx + 1]
                         getattr(row_layer, f"is_{kind}_states_initialized")[state_idx] = True
                 row_layer.has_previous_state[state_idx] = layer.has_previous_state[state_idx]
+            seams.set_token_count(row_layer, row.num_seen_tokens)
         if isinstance(layer, DynamicLayer) and layer.is_initialized:
             # A sliding layer's columns are the batch's last ones: the row's are the last it has seen.
             first = layer.keys.shape[-2] - min(row.num_seen_tokens, layer.keys.shape[-2])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.accelerate import force_accelerate_hooks
 
-from .. import kernels
+from .. import kernels, seams
 
 
 @dataclass
@@ -73,6 +73,7 @@ class PrefixGatedDeltaNet:
             conv_out = kernels.causal_conv1d_update(
                 inputs.mixed_qkv, conv_state, conv_weight, self.conv1d.bias, activation=self.activation
             )
+            seams.count_unseen_tokens(cache, self.layer_idx, 1)
         else:
             conv_out, _, conv_checkpoints = kernels.causal_conv1d(
                 inputs.mixed_qkv,
@@ -85,9 +86,9 @@ class PrefixGatedDeltaNet:
             if cache is not None:
                 # The cache keeps the last conv_kernel_size inputs; handing it only those avoids a copy of
                 # the whole step in `update_conv_state`'s concatenation.
-                cache.update_conv_state(
-                    inputs.mixed_qkv[..., -self.conv_kernel_size :], self.layer_idx, conv_kernel_size=self.conv_kernel_size
-                )
+                handed = inputs.mixed_qkv[..., -self.conv_kernel_size :]
+                cache.update_conv_state(handed, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+                seams.count_unseen_tokens(cache, self.layer_idx, seq_len - handed.shape[-1])
 
         query, key, value = torch.split(conv_out.transpose(1, 2), [self.key_dim, self.key_dim, self.value_dim], dim=-1)
         query = query.reshape(batch_size, seq_len, -1, self.head_k_dim)
