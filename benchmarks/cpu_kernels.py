@@ -107,7 +107,7 @@ def bench_snapshots(input_ids, num_pairs: int) -> None:
         store = hhc.PrefixStore(block_size=BLOCK_SIZE, mamba_cache_mode=mode, max_bytes=1 << 30)
         cache = hhc.HybridPrefixCache(model, store=store)
         with torch.no_grad():
-            model.generate(input_ids, past_key_values=cache, max_new_tokens=1, do_sample=False)
+            model.generate(input_ids, cache=cache, max_new_tokens=1, do_sample=False)
 
     result = paired(lambda: prefill("all"), lambda: prefill("none"), num_pairs)
     report("(c)", f"patched prefill, block {BLOCK_SIZE}: mode all / none", result, num_pairs, "target <= 1.05")

@@ -31,7 +31,7 @@ WIDER_QWEN3_NEXT = dict(num_hidden_layers=8, hidden_size=256)
 def ttft(model, prompt, cache) -> float:
     """Seconds from calling generate to its first token (one new token: no decode step follows)."""
     start = time.perf_counter()
-    model.generate(prompt, attention_mask=torch.ones_like(prompt), past_key_values=cache, max_new_tokens=1,
+    model.generate(prompt, attention_mask=torch.ones_like(prompt), cache=cache, max_new_tokens=1,
                    min_new_tokens=1, do_sample=False, pad_token_id=0)
     return time.perf_counter() - start
 
@@ -57,7 +57,7 @@ def measure(family: str, args) -> dict[str, float]:
     hit_store = hhc.PrefixStore(block_size=args.block_size, mamba_cache_mode="align", max_bytes=1 << 32)
     # One token past the boundary, so align mode saves the state exactly there.
     warm = torch.cat([prompt[:, :cached_len], torch.full((1, 1), 3)], dim=1)
-    model.generate(warm, past_key_values=hhc.HybridPrefixCache(model, store=hit_store), max_new_tokens=1, pad_token_id=0)
+    model.generate(warm, cache=hhc.HybridPrefixCache(model, store=hit_store), max_new_tokens=1, pad_token_id=0)
 
     def ours(mode: str):
         def run():

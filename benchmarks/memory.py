@@ -32,7 +32,7 @@ def one_request(mode: str, args) -> dict:
     model = hhc.patch(tiny_qwen3_next(**QWEN3_NEXT_GDN))
     store = hhc.PrefixStore(block_size=args.block_size, mamba_cache_mode=mode, max_bytes=args.budget_mib << 20)
     prompt = torch.randint(3, 300, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
-    model.generate(prompt, past_key_values=hhc.HybridPrefixCache(model, store=store), max_new_tokens=1, pad_token_id=0)
+    model.generate(prompt, cache=hhc.HybridPrefixCache(model, store=store), max_new_tokens=1, pad_token_id=0)
     stats = store.stats()
     return dict(peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, snapshots=stats["snapshots"],
                 snapshot_mib=stats["snapshot_bytes"] / 2**20, bytes_used_mib=stats["bytes_used"] / 2**20)

@@ -71,7 +71,7 @@ def run(model, store, events, chat_systems, document):
         else:
             prompt = torch.cat([document, new_tokens])[None]
         cache = hhc.HybridPrefixCache(model, store=store)
-        output = model.generate(prompt, attention_mask=torch.ones_like(prompt), past_key_values=cache,
+        output = model.generate(prompt, attention_mask=torch.ones_like(prompt), cache=cache,
                                 max_new_tokens=SIZES["reply"], min_new_tokens=SIZES["reply"], do_sample=False, pad_token_id=0)
         if kind == "turn" and history[chat].shape[1] == len(chat_systems[chat]):
             kind = "first turn"

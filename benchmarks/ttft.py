@@ -45,7 +45,7 @@ def timed_generate(model, input_ids, make_cache, max_new_tokens):
     start = time.perf_counter()
     model.generate(
         input_ids,
-        past_key_values=make_cache(),
+        cache=make_cache(),
         max_new_tokens=max_new_tokens,
         min_new_tokens=max_new_tokens,
         do_sample=False,
@@ -79,13 +79,13 @@ def main():
         if cached:
             # One token past the boundary, so align mode saves the state exactly there.
             warm = torch.cat([prompt[:, :cached], torch.full((1, 1), 3)], dim=1)
-            patched.generate(warm, past_key_values=hhc.HybridPrefixCache(patched, store=store), max_new_tokens=1)
+            patched.generate(warm, cache=hhc.HybridPrefixCache(patched, store=store), max_new_tokens=1)
         return store
 
     def recipe_cache(model):
         prefilled = DynamicCache(config=model.config)
         with torch.no_grad():
-            model(prompt[:, :recipe_len], past_key_values=prefilled)
+            model(prompt[:, :recipe_len], cache=prefilled)
         return prefilled
 
     recipe_prefilled = {"unpatched": recipe_cache(unpatched), "patched": recipe_cache(patched)}

@@ -4,7 +4,7 @@ Hugging Face transformers.
     import hf_hybrid_cache as hhc
     hhc.patch(model)
     cache = hhc.HybridPrefixCache(model)            # shares the process-wide PrefixStore
-    model.generate(input_ids, past_key_values=cache, max_new_tokens=32)
+    model.generate(input_ids, cache=cache, max_new_tokens=32)
     cache.num_cached_tokens                          # prompt tokens served from the store
 
     hhc.patch(model, auto=True)                      # or: every generate() without a cache uses one

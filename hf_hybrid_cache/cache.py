@@ -141,13 +141,15 @@ class HybridPrefixCache(Cache):
             self._pending[boundary][1] += len(positions)
 
     def _check_in_request(self) -> None:
-        # Each forward reads a recurrent state or writes K/V before changing anything. Outside our generate
-        # (another, unpatched model's generate) the live state would continue another model's sequence.
+        # Each forward reads a recurrent state or writes K/V before changing anything. Outside our generate (a
+        # plain forward, or another model's generate) the live state would continue a sequence nobody tracks.
         if not self._in_request:
             name = getattr(self.model.config, "name_or_path", "") or type(self.model).__name__
             raise RuntimeError(
-                f"This HybridPrefixCache was built for {name} and runs only inside that patched model's "
-                "generate(..., past_key_values=cache). For another model, create HybridPrefixCache(other_model, store=...)."
+                f"This HybridPrefixCache (built for {name}) runs only inside that patched model's "
+                "generate(..., cache=cache). For a plain forward (model(...), a hand-written loop) pass a "
+                "transformers DynamicCache(config=model.config) instead; for another model's generate, create "
+                "HybridPrefixCache(other_model, store=...)."
             )
 
     def snapshot_offsets(self, layer_idx: int, seq_len: int) -> list[int]:

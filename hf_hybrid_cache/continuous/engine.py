@@ -2,7 +2,8 @@
 and serving run unchanged; the recurrent layers get state slots and snapshots (`paged_cache.py`) and
 packed variable-length kernels (`models/gated_delta_net.py`).
 
-Seams into `transformers.generation.continuous_batching`, checked with transformers 5.24.0:
+Seams into `transformers.generation.continuous_batching`, checked with transformers 5.24.0 and 5.25.0 (what
+differs between them is in `seams.py`):
 - `cache.group_layers_by_attn_type` and `initialization.group_layers_by_attn_type` group layers by type, one
   allocator each, and raise `Invalid layer type: linear_attention`. For the text config of a model
   `init_continuous_batching` was called on here, the linear-attention layers are left out of the groups.
@@ -29,6 +30,7 @@ from transformers.generation.continuous_batching.cache_allocators import FullAtt
 from transformers.generation.continuous_batching.utils import find_head_dim, find_num_key_value_heads
 from transformers.modeling_utils import AttentionInterface
 
+from .. import seams
 from ..store.modes import MAMBA_CACHE_MODES
 from .paged_cache import PACKED_BATCH, HybridPagedAttentionCache
 from .snapshots import StateSnapshots
@@ -207,10 +209,8 @@ def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingCon
                 f"max_bytes={max_bytes} leaves room for {max(tokens, 0)} cached tokens after {num_slots} state slots "
                 f"of {bytes_per_slot} bytes and the snapshots: raise max_bytes or lower max_requests / max_batch_tokens"
             )
-        # transformers counts a block as page_size tokens of every layer, all as full attention
-        bytes_per_block = text_config.num_hidden_layers * FullAttentionCacheAllocator.get_bytes_per_page(
-            find_num_key_value_heads(text_config), find_head_dim(text_config), model.dtype, config.page_size
-        )
+        # what transformers counts as one block of `num_blocks` (it differs between releases)
+        bytes_per_block = seams.cb_bytes_per_block(text_config, model.dtype, config.page_size)
         config.num_blocks = max(1, tokens * kv_per_token // bytes_per_block)
         # what transformers will allocate (`PagedAttentionMemoryHandler.num_sectors_from_config`): whole sectors
         # of lcm(bytes of a block of the attention layers, 128) bytes

@@ -3,6 +3,8 @@ greedy tokens equal a cold `generate` of its prompt alone on an unpatched copy, 
 prefill, waiting for a state slot, forks and cancellation; prefix caching hits exactly where the mode saves
 states; the cache stays within its byte budget; what cannot run is refused with the alternative named."""
 
+import re
+
 import pytest
 import torch
 import transformers
@@ -223,9 +225,14 @@ def test_a_request_longer_than_the_cache_is_refused_and_the_engine_runs_on(qwen3
     try:
         prompt = random_tokens(40, seed=15).tolist()
         running = session.manager.add_request(prompt)
-        with pytest.raises(ValueError, match=r"needs 5008 cached tokens; this continuous batching cache holds 768"):
+        with pytest.raises(ValueError, match=r"needs 5008 cached tokens; this continuous batching cache holds (\d+):") as refusal:
             session.manager.add_request([5] * 5000)
         assert session.collect([running])[running].generated_tokens == cold_tokens(cold, prompt)
+        # What it says the cache holds is what transformers allocated: tokens of K/V one request can use.
+        allocators = session.cache.cache_allocators.values()
+        capacity = min(allocator.num_blocks * allocator.tokens_per_page for allocator in allocators)
+        held = int(re.search(r"holds (\d+):", str(refusal.value)).group(1))
+        assert held == capacity and 0 < capacity < 5008
     finally:
         session.close()
 

@@ -83,3 +83,13 @@ def test_every_model_class_of_a_family_is_accepted():
     causal_lm = tiny_qwen3_next(seed=0)
     hhc.patch(causal_lm.model)
     assert hhc.patch(causal_lm)._hf_hybrid_cache_path == "one-pass"
+
+
+def test_a_plain_forward_on_a_hybrid_prefix_cache_names_dynamic_cache(model):
+    """model(...) is not generate: the message says what a plain forward should run on, for this same model."""
+    from transformers import DynamicCache
+
+    cache = hhc.HybridPrefixCache(model)
+    with pytest.raises(RuntimeError, match=r"plain forward.*DynamicCache\(config=model.config\)"):
+        model(torch.randint(3, 300, (1, 8)), cache=cache)
+    model(torch.randint(3, 300, (1, 8)), cache=DynamicCache(config=model.config))
