@@ -29,6 +29,9 @@ class TurnStats:
     computed_tokens: int  # prompt tokens the model ran (prompt_tokens - cached_tokens)
     new_tokens: int
     ttft_s: float  # from calling generate() to the first new token
+    # A hit's prompt run again cold, right after (the same generate() up to its first token, no cache): what
+    # the hit saved, measured rather than estimated. None when nothing was served from the store.
+    cold_ttft_s: float | None
     tokens_per_s: float | None  # decode rate after the first token; None below two new tokens
     prefix_cache: bool
     mode: str
@@ -187,12 +190,18 @@ class ChatEngine:
         # max_new_tokens >= 1, so generate() streamed at least one token.
         first, last = streamer.first_token_time, streamer.last_token_time
         decode_s = last - first
+        cold_ttft_s = None
+        if cached_tokens:
+            cold_start = time.perf_counter()
+            self._call_generate(prompt_ids, max_new_tokens=1)
+            cold_ttft_s = time.perf_counter() - cold_start
         return TurnStats(
             prompt_tokens=len(prompt_ids),
             cached_tokens=cached_tokens,
             computed_tokens=len(prompt_ids) - cached_tokens,
             new_tokens=new_tokens,
             ttft_s=first - start,
+            cold_ttft_s=cold_ttft_s,
             tokens_per_s=(new_tokens - 1) / decode_s if new_tokens > 1 and decode_s > 0 else None,
             prefix_cache=prefix_cache,
             mode=store.mamba_cache_mode,

@@ -14,9 +14,12 @@ def turn_line(stats: TurnStats) -> str:
     """One line under a reply: where its prompt tokens came from and how fast it answered."""
     rate = f"{stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s is not None else "tok/s n/a (1 token)"
     cache = f"{stats.mode}, block {stats.block_size}" if stats.prefix_cache else "off"
+    ttft = f"TTFT {stats.ttft_s * 1000:.0f} ms"
+    if stats.cold_ttft_s is not None:
+        ttft += f", {stats.cold_ttft_s / stats.ttft_s:.1f}x faster than cold ({stats.cold_ttft_s * 1000:.0f} ms)"
     return (
         f"[prompt {stats.prompt_tokens} · cached {stats.cached_tokens} · computed {stats.computed_tokens}"
-        f" · TTFT {stats.ttft_s * 1000:.0f} ms · {rate} · cache {cache}]"
+        f" · {ttft} · {rate} · cache {cache}]"
     )
 
 

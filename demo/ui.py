@@ -3,6 +3,8 @@
 Layout and event wiring only; generation and measurement live in `demo.engine`.
 """
 
+import html
+
 import gradio as gr
 
 from demo.engine import ChatEngine
@@ -35,6 +37,12 @@ HELP = (
 )
 
 
+def as_text(text: str) -> str:
+    """Chat content shown as the characters it is: the chat puts messages in the page as HTML, where a model's
+    `<?` or `<!--` would open a comment that swallows the rest of the reply and its figures line."""
+    return html.escape(text, quote=False)
+
+
 def build_ui(engine: ChatEngine, max_new_tokens: int) -> gr.Blocks:
     """The page over `engine`; chat replies stop after `max_new_tokens`."""
 
@@ -44,12 +52,12 @@ def build_ui(engine: ChatEngine, max_new_tokens: int) -> gr.Blocks:
         system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
         user = {"role": "user", "content": message}
         prompt_ids = engine.chat_prompt_ids(system + history + [user])
-        chatbot = chatbot + [user, {"role": "assistant", "content": ""}]
+        chatbot = chatbot + [{"role": "user", "content": as_text(message)}, {"role": "assistant", "content": ""}]
         for reply, stats in engine.stream(prompt_ids, max_new_tokens, prefix_cache):
             if stats is None:
-                chatbot[-1] = {"role": "assistant", "content": reply}
+                chatbot[-1] = {"role": "assistant", "content": as_text(reply)}
                 yield chatbot, "", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        chatbot[-1] = {"role": "assistant", "content": f"{reply}\n\n{turn_line(stats)}"}
+        chatbot[-1] = {"role": "assistant", "content": f"{as_text(reply)}\n\n{turn_line(stats)}"}
         # The history keeps the bare reply: the stats line must not flow into the next prompt.
         history = history + [user, {"role": "assistant", "content": reply}]
         series = f"chat {log['chat']} · cache {'on' if prefix_cache else 'off'}"

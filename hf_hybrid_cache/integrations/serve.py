@@ -13,7 +13,9 @@ batching engine (`hf_hybrid_cache/continuous/`): our flags then size it (`--cach
 page size (`--cache-block-size`) and the boundaries its prefix caching saves (`--cache-mode`); its cache is
 its own, not the store (`--store` and `--remote` serve the sequential path only).
 
-Seams into transformers' serving (`transformers.cli.serving`), checked with transformers 5.24.0:
+Seams into transformers' serving (`transformers.cli.serving`), checked with transformers 5.24.0 and 5.25.0.
+On 5.25 each model runs in a spawned process of its own (`seams.SERVES_IN_MODEL_PROCESS`): its seams are named
+in `serve_process.py`, which `install` then uses instead of the ones below. On 5.24, in the server's process:
 - `ModelManager._load_model` returns every model the server loads: patched in auto mode there.
 - `ChatCompletionHandler._non_streaming` / `_streaming` and `CompletionHandler`'s (chat and legacy
   completions) get the request's id and tokenized `inputs` and return the response: the usage they report
@@ -32,14 +34,49 @@ import contextlib
 import functools
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import HybridPrefixCache
 from ..patching import patch
+from ..seams import SERVES_IN_MODEL_PROCESS
 from ..store.prefix_store import PrefixStore, set_default_store
 from .auto import cached_tokens
 
 CACHE_MODES = ("branch", "align", "all", "none")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Our flags, as every path needs them (5.25 pickles them into each model's process).
+
+    Attributes:
+        cache_mode: the store's and continuous batching's `mamba_cache_mode` (`CACHE_MODES`).
+        block_size: the store's block size, and continuous batching's page size.
+        max_bytes: the store's budget, and continuous batching's `max_bytes`.
+        store_path: the file the store is loaded from (if it exists) and saved to; None: no file.
+        remote: a Redis URL shared by replicas; None: no remote tier.
+    """
+
+    cache_mode: str = "branch"
+    block_size: int = 64
+    max_bytes: int = 1024 << 20
+    store_path: Path | None = None
+    remote: str | None = None
+
+    def build_store(self) -> PrefixStore:
+        """The store these settings describe: loaded from `store_path` if that file exists (its mode and block
+        size then win over ours), else a new one."""
+        if self.store_path is not None and self.store_path.exists():
+            store = PrefixStore.load(self.store_path, max_bytes=self.max_bytes, remote=self.remote)
+            print(f"hf_hybrid_cache: loaded {store.stats()['blocks']} blocks from {self.store_path}", flush=True)
+            return store
+        return PrefixStore(block_size=self.block_size, mamba_cache_mode=self.cache_mode, max_bytes=self.max_bytes,
+                           remote=self.remote)
+
+    def batching_fields(self) -> dict:
+        """The `HybridBatchingConfig` fields continuous batching gets from our flags."""
+        return dict(max_bytes=self.max_bytes, page_size=self.block_size, mamba_cache_mode=self.cache_mode)
 
 
 # (store, file) saved after each response when `--store` is given.
@@ -48,10 +85,30 @@ _saved_store: tuple[PrefixStore, Path] | None = None
 _batching_fields: dict = {}
 
 
-def install(store: PrefixStore | None = None, store_path: Path | None = None, batching: dict | None = None) -> None:
-    """Hook transformers' serving: models load patched in auto mode over `store` (None: the process-wide
-    store), and responses report cached prompt tokens; with `store_path`, `store` is saved there after each
-    response; `batching`: `HybridBatchingConfig` fields for continuous batching. Idempotent."""
+def install(settings: ServeSettings | None = None) -> None:
+    """Hook transformers' serving with `settings` (None: the defaults): models load patched in auto mode over a
+    store built from them, responses report cached prompt tokens, the `--store` file is saved after each
+    response and on exit, and continuous batching runs with our flags. On 5.25 all of it happens in each
+    model's process (`serve_process.py`); on 5.24 in this one, whose process-wide store it then sets.
+    Idempotent for the hooks (a second call's settings apply to models loaded after it)."""
+    settings = settings or ServeSettings()
+    if SERVES_IN_MODEL_PROCESS:
+        from . import serve_process
+
+        serve_process.install(settings)
+        return
+    store = settings.build_store()
+    set_default_store(store)
+    _install_in_server_process(store, settings.store_path, settings.batching_fields())
+    if settings.store_path is not None:
+        atexit.register(store.save, settings.store_path)
+
+
+def _install_in_server_process(store: PrefixStore | None = None, store_path: Path | None = None,
+                               batching: dict | None = None) -> None:
+    """transformers 5.24's hooks: models load patched in auto mode over `store` (None: the process-wide store),
+    and responses report cached prompt tokens; with `store_path`, `store` is saved there after each response;
+    `batching`: `HybridBatchingConfig` fields for continuous batching."""
     global _saved_store
     if store_path is not None:
         if store is None:
@@ -72,15 +129,32 @@ def install(store: PrefixStore | None = None, store_path: Path | None = None, ba
         handler._streaming = _reporting_streaming(handler._streaming)
 
 
+def patch_served_model(model, store: PrefixStore | None) -> None:
+    """A model the server loaded, patched in auto mode over `store` (None: the process-wide one) if it
+    generates; a store loaded from a file is checked against it now rather than at every request."""
+    if hasattr(model, "generate"):
+        patch(model, auto=True, store=store)
+        if store is not None and store.layout is not None:
+            HybridPrefixCache(model, store=store)
+
+
+def hybrid_batching_config(model, config, batching: dict):
+    """The continuous batching config `model` runs with: for a patched one-pass hybrid model, a
+    `HybridBatchingConfig` with `config`'s fields (None: the defaults) and `batching` (from our flags) on top;
+    else `config`."""
+    if getattr(model, "_hf_hybrid_cache_path", None) != "one-pass":
+        return config
+    from ..continuous.engine import HybridBatchingConfig
+
+    fields = {} if config is None else vars(config)
+    return HybridBatchingConfig(**{**fields, **batching})
+
+
 def _patching_loads(load_model, store):
     @functools.wraps(load_model)
     def patched_load(self, *args, **kwargs):
         model = load_model(self, *args, **kwargs)
-        if hasattr(model, "generate"):
-            patch(model, auto=True, store=store)
-            if store is not None and store.layout is not None:
-                # A store loaded from a file must fit this model: say so when loading, not at every request.
-                HybridPrefixCache(model, store=store)
+        patch_served_model(model, store)
         return model
 
     patched_load.hf_hybrid_cache = True
@@ -90,11 +164,8 @@ def _patching_loads(load_model, store):
 def _hybrid_batching(init_cb):
     @functools.wraps(init_cb)
     def hybrid_init_cb(self, model, gen_config):
-        if self._cb is None and getattr(model, "_hf_hybrid_cache_path", None) == "one-pass":
-            from ..continuous.engine import HybridBatchingConfig
-
-            fields = {} if self._cb_config is None else vars(self._cb_config)
-            self._cb_config = HybridBatchingConfig(**{**fields, **_batching_fields})
+        if self._cb is None:
+            self._cb_config = hybrid_batching_config(model, self._cb_config, _batching_fields)
         return init_cb(self, model, gen_config)
 
     hybrid_init_cb.hf_hybrid_cache = True
@@ -107,7 +178,13 @@ def _cached_tokens_of(request_id: str, input_ids, gen_manager) -> int | None:
     engine = getattr(gen_manager, "_cb", None)
     if engine is None:
         return cached_tokens(input_ids)
-    cache = getattr(engine.batch_processor, "cache", None)
+    return batching_cached_tokens(engine, request_id)
+
+
+def batching_cached_tokens(manager, request_id: str) -> int | None:
+    """The prompt tokens continuous batching's cache served request `request_id` (None: a cache that does not
+    report them, one not ours)."""
+    cache = getattr(manager.batch_processor, "cache", None)
     reported = getattr(cache, "cached_tokens", None)
     return None if reported is None else reported.get(request_id, 0)
 
@@ -117,7 +194,7 @@ def _gen_manager(args: tuple, kwargs: dict):
     return kwargs["gen_manager"] if "gen_manager" in kwargs else args[1]
 
 
-def _with_cached_tokens(payload: dict, num_cached: int | None) -> dict:
+def with_cached_tokens(payload: dict, num_cached: int | None) -> dict:
     """`payload` (a completion or a chunk, as JSON) with `usage.prompt_tokens_details.cached_tokens` set."""
     if payload.get("usage") is not None and num_cached is not None:
         payload["usage"]["prompt_tokens_details"] = {"cached_tokens": num_cached}
@@ -146,7 +223,7 @@ def _reporting_non_streaming(non_streaming):
         with _too_long_as_bad_request():
             response = await non_streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
         num_cached = _cached_tokens_of(request_id, inputs["input_ids"], _gen_manager(args, kwargs))
-        payload = _with_cached_tokens(json.loads(response.body), num_cached)
+        payload = with_cached_tokens(json.loads(response.body), num_cached)
         await _save_store()
         return JSONResponse(payload, status_code=response.status_code, media_type=response.media_type)
 
@@ -159,22 +236,29 @@ def _reporting_streaming(streaming):
         with _too_long_as_bad_request():
             response = streaming(self, request_id, model, processor, model_id, inputs, *args, **kwargs)
         count = functools.partial(_cached_tokens_of, request_id, inputs["input_ids"], _gen_manager(args, kwargs))
-        response.body_iterator = _report_in_events(response.body_iterator, count)
+        response.body_iterator = _saving_after(report_in_events(response.body_iterator, count))
         return response
 
     return reporting
 
 
-async def _report_in_events(events, count_cached):
-    """Server-sent events as they come, the one carrying `usage` (sent after generation) with cached tokens."""
+async def report_in_events(events, count_cached):
+    """Server-sent events as they come, the one carrying `usage` (sent after generation) with cached tokens
+    (`count_cached()`, asked then)."""
     async for part in events:
         if '"usage"' in part:
             lines = []
             for line in part.split("\n"):
                 if line.startswith("data: {"):
-                    line = "data: " + json.dumps(_with_cached_tokens(json.loads(line[len("data: ") :]), count_cached()))
+                    line = "data: " + json.dumps(with_cached_tokens(json.loads(line[len("data: ") :]), count_cached()))
                 lines.append(line)
             part = "\n".join(lines)
+        yield part
+
+
+async def _saving_after(events):
+    """`events`, then the `--store` file saved before the stream ends."""
+    async for part in events:
         yield part
     await _save_store()
 
@@ -197,18 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", type=Path, default=None, help="a file that keeps the store across restarts")
     parser.add_argument("--remote", default=None, help="a Redis URL shared by replicas (redis://host:6379/0)")
     ours, rest = parser.parse_known_args(argv)
-    max_bytes = ours.cache_max_bytes_mib << 20
-    if ours.store is not None and ours.store.exists():
-        store = PrefixStore.load(ours.store, max_bytes=max_bytes, remote=ours.remote)
-        print(f"hf_hybrid_cache: loaded {store.stats()['blocks']} blocks from {ours.store}", flush=True)
-    else:
-        store = PrefixStore(block_size=ours.cache_block_size, mamba_cache_mode=ours.cache_mode, max_bytes=max_bytes,
-                            remote=ours.remote)
-    set_default_store(store)
-    batching = dict(max_bytes=max_bytes, page_size=ours.cache_block_size, mamba_cache_mode=ours.cache_mode)
-    install(store, ours.store, batching)
-    if ours.store is not None:
-        atexit.register(store.save, ours.store)
+    install(ServeSettings(cache_mode=ours.cache_mode, block_size=ours.cache_block_size,
+                          max_bytes=ours.cache_max_bytes_mib << 20, store_path=ours.store, remote=ours.remote))
     from transformers.cli.transformers import app
 
     app(["serve", *rest], prog_name="transformers")

@@ -88,3 +88,26 @@ def test_second_turn_and_a_second_tab_hit_the_store(browser, demo_url):
     # Back to the app's mode, which the other tests of this session rely on.
     other_tab.locator("#mode").get_by_label("all").check()
     sync_api.expect(page.locator("#store")).to_contain_text("all / 16 tokens", timeout=30_000)
+
+
+MARKUP = "a < b <? c & d <!-- e"  # what a browser reads as a tag, a processing instruction, an entity, a comment
+
+
+def test_messages_and_replies_show_as_text_with_their_figures_line(browser, demo_url):
+    """Markup in a message shows verbatim, and the reply after it shows exactly the model's text (greedy, fixed
+    seed, computed here in process on the same tiny model) followed by its figures line."""
+    from demo.engine import ChatEngine
+    from demo.loader import load_model
+
+    system_prompt = f"[{uuid.uuid4().hex}] Repeat: {MARKUP}"
+    page = _open_chat(browser, demo_url, system_prompt)
+    _send(page, MARKUP)
+    sync_api.expect(page.locator("#chat").get_by_text(MARKUP, exact=True)).to_have_count(1)
+
+    engine = ChatEngine(load_model(tiny_size="test"), max_bytes=64 << 20)
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": MARKUP}]
+    *_, (reply, _) = engine.stream(engine.chat_prompt_ids(messages), max_new_tokens=8, prefix_cache=False)
+    shown = page.locator("#chat").get_by_text(TURN_STATS).last.inner_text()
+    words = " ".join(shown.split())
+    assert words.startswith(" ".join(reply.split())), (reply, shown)
+    assert TURN_STATS.search(words)

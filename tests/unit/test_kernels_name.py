@@ -2,6 +2,7 @@
 imports: Python started in the checkout root (the root first on sys.path) imports transformers' models, our
 kernels under `hf_hybrid_cache.kernels`, and the entry points."""
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,10 @@ def test_transformers_and_our_kernels_import_from_the_checkout_root():
 
 
 def test_hugging_face_kernels_is_the_one_transformers_uses_when_installed():
-    pytest.importorskip("kernels", reason="Hugging Face's kernels is installed with transformers 5.25 and later")
+    try:
+        importlib.metadata.version("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("Hugging Face's kernels is installed with transformers 5.25 and later")
     result = run_in_root("-c", "import kernels; from kernels import CUDAProperties; print(kernels.__file__)")
     assert result.returncode == 0 and "site-packages" in result.stdout, result.stderr
 
