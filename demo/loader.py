@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 import hf_hybrid_cache as hhc
-from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
+from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next, unreadable_token_ids
 
 # Sizes of the offline model (`--tiny-size`). "demo": large enough that a cold turn of the default chat takes
 # ~0.8 s on a 2-core CPU, so the plot shows reuse rather than noise (90M parameters, built in about a
@@ -51,17 +51,12 @@ def load_model(model_id: str | None = None, seed: int = 0, device: str = "cpu", 
 def _load_tiny(seed: int, size: dict) -> LoadedModel:
     tokenizer = tiny_byte_tokenizer()
     model = tiny_qwen3_next(seed=seed, **size)
-    # Random weights emit arbitrary bytes; keeping them to printable ASCII (and end of turn) makes the
-    # nonsense readable and lets a reply re-encode to the same tokens when it comes back in the history.
-    readable = "".join(map(chr, range(0x20, 0x7F))) + "\n"
-    allowed = set(tokenizer(readable).input_ids) | {tokenizer.eos_token_id}
-    suppressed = [token_id for token_id in range(len(tokenizer)) if token_id not in allowed]
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         name=model.config.name_or_path,
         notice=TINY_NOTICE.format(seed=seed, size=f"{size['num_hidden_layers']} layers, hidden {size['hidden_size']}"),
-        generate_kwargs=dict(suppress_tokens=suppressed),
+        generate_kwargs=dict(suppress_tokens=unreadable_token_ids(tokenizer)),
     )
 
 

@@ -438,3 +438,44 @@ def tiny_byte_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
         chat_template=TINY_CHAT_TEMPLATE,
         model_max_length=tiny_qwen3_next_config().max_position_embeddings,
     )
+
+
+def unreadable_token_ids(tokenizer) -> list[int]:
+    """Ids of `tiny_byte_tokenizer` that are not printable ASCII, a newline or the end of turn: random weights
+    emit arbitrary bytes; suppressing these keeps the nonsense readable, and a reply re-encodes to the same
+    tokens when it comes back in a chat's history."""
+    readable = "".join(map(chr, range(0x20, 0x7F))) + "\n"
+    allowed = set(tokenizer(readable).input_ids) | {tokenizer.eos_token_id}
+    return [token_id for token_id in range(len(tokenizer)) if token_id not in allowed]
+
+
+def save_tiny(directory, family: str = "qwen3_next", seed: int = 0) -> None:
+    """Save a tiny model of `family` with the byte tokenizer to `directory`, ready for `from_pretrained` and
+    `python -m hf_hybrid_cache.serve DIRECTORY`; its generation config suppresses unreadable tokens
+    (`unreadable_token_ids`), so served replies read as the demo's do."""
+    tokenizer = tiny_byte_tokenizer()
+    model = tiny_qwen3_next(seed=seed) if family == "qwen3_next" else tiny_model(family, seed=seed)
+    model.generation_config.suppress_tokens = unreadable_token_ids(tokenizer)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hf_hybrid_cache.tiny", description="Tiny models built offline.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    save = commands.add_parser("save", help="save a tiny model and its tokenizer to a folder (for serve, from_pretrained)")
+    save.add_argument("directory")
+    save.add_argument("--family", default="qwen3_next", choices=sorted({"qwen3_next", *TINY_FAMILIES}))
+    save.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    save_tiny(args.directory, args.family, args.seed)
+    print(f"saved a tiny {args.family} (seed {args.seed}) to {args.directory}: "
+          f"python -m hf_hybrid_cache.serve {args.directory}")
+
+
+if __name__ == "__main__":
+    main()

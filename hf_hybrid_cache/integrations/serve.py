@@ -273,7 +273,9 @@ async def _save_store() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m hf_hybrid_cache.serve",
-        description="transformers serve with prefix caching; other options go to `transformers serve`.",
+        usage="%(prog)s MODEL [our options] [transformers serve options]",
+        description="transformers serve with prefix caching. MODEL: a checkpoint folder or Hub id (for a tiny "
+        "offline one: python -m hf_hybrid_cache.tiny save DIR). Options not listed here go to `transformers serve`.",
     )
     parser.add_argument("--cache-mode", choices=CACHE_MODES, default="branch")
     parser.add_argument("--cache-block-size", type=int, default=64)

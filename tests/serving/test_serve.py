@@ -12,7 +12,7 @@ import openai
 import pytest
 from server_support import free_port, running_servers, start, stop_process_group, wait_until_up
 
-from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
+from hf_hybrid_cache.tiny import save_tiny
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SYSTEM = "You are a terse assistant. Answer in one line. " * 12  # ~600 byte-level tokens
@@ -22,8 +22,7 @@ SYSTEM = "You are a terse assistant. Answer in one line. " * 12  # ~600 byte-lev
 def servers(tmp_path_factory):
     """(model directory, client of the caching server, client of plain `transformers serve`)."""
     model_dir = tmp_path_factory.mktemp("tiny-qwen3-next")
-    tiny_qwen3_next(seed=0).save_pretrained(model_dir)
-    tiny_byte_tokenizer().save_pretrained(model_dir)
+    save_tiny(model_dir)  # README's recipe: `python -m hf_hybrid_cache.tiny save DIR`
     commands = [
         [sys.executable, "-m", "hf_hybrid_cache.serve", str(model_dir), "--cache-block-size", "32"],
         [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)],
@@ -43,6 +42,8 @@ def test_second_turn_is_served_from_the_store_with_the_same_reply(servers):
     for turn in range(2):
         ours, theirs = chat(cached, model, messages), chat(plain, model, messages)
         assert ours.choices[0].message.content == theirs.choices[0].message.content
+        # The saved generation config keeps the tiny model's replies to printable text, as in the demo.
+        assert all(char == "\n" or " " <= char <= "~" for char in ours.choices[0].message.content)
         assert ours.usage.prompt_tokens == theirs.usage.prompt_tokens > 600
         cached_tokens = ours.usage.prompt_tokens_details.cached_tokens
         if turn == 0:
