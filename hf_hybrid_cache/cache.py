@@ -18,6 +18,7 @@ from . import seams
 from .layout import WINDOW_KINDS, model_layout
 from .models.keying import TEXT, PromptKeying
 from .models.wrappers import unwrap
+from .rollback import DraftRollback, rollback_refusal
 from .rows import bind_row, stack_layers
 from .store.fingerprint import model_fingerprint
 from .store.hashing import block_keys, root_key
@@ -90,6 +91,10 @@ class HybridPrefixCache(Cache):
         self._rows: list[HybridPrefixCache] = []
         self._row_offsets: list[int] = []
         self.cached_tokens_per_row: list[int] = []  # a batched request's `num_cached_tokens`, per row
+        # Assisted decoding (`rollback.py`): the states a verification forward kept for `crop`, and the offsets
+        # of the current step that are saved boundaries (the others it records are for the rollback).
+        self._rollback: DraftRollback | None = None
+        self._step_boundaries: set[int] = set()
 
     def _new_layers(self) -> list:
         """Empty cache layers of transformers' own classes, as `DynamicCache` builds them for the model."""
@@ -140,6 +145,11 @@ class HybridPrefixCache(Cache):
                 views[pos][:, -width:].copy_(tensor[0, :, boundary - first - width : boundary - first])
             self._pending[boundary][1] += len(positions)
 
+    @property
+    def prompt_length(self) -> int:
+        """Tokens of the prompt of the request running (batch 1), 0 outside one."""
+        return self._prompt_len if self._in_request else 0
+
     def _check_in_request(self) -> None:
         # Each forward reads a recurrent state or writes K/V before changing anything. Outside our generate (a
         # plain forward, or another model's generate) the live state would continue a sequence nobody tracks.
@@ -153,16 +163,21 @@ class HybridPrefixCache(Cache):
             )
 
     def snapshot_offsets(self, layer_idx: int, seq_len: int) -> list[int]:
-        """Offsets in `[1, seq_len)` of the coming step after which a one-pass layer must hand over its state.
+        """Offsets in `[1, seq_len)` of the coming step after which a one-pass layer must hand over its state:
+        the saved boundaries inside the step and, under assisted decoding, its last positions (`rollback.py`).
 
         The state at the step's end is taken for every layer by `end_step`; only boundaries strictly inside
         a step need the one-pass kernels.
         """
-        if not self._recording:
-            return []
         start = self.num_seen_tokens
-        boundaries = self.saved_boundaries(start, start + seq_len - 1)
-        return [boundary - start for boundary in boundaries]
+        boundaries = self.saved_boundaries(start, start + seq_len - 1) if self._recording else []
+        self._step_boundaries = {boundary - start for boundary in boundaries}
+        offsets = set(self._step_boundaries)
+        if self._rollback is not None:
+            if self._rollback.step_start != start:  # the step's first layer: the previous step's states go
+                self._rollback.begin_step(start, seq_len)
+            offsets.update(self._rollback.offsets(seq_len))
+        return sorted(offsets)
 
     @property
     def max_offsets_per_call(self) -> int:
@@ -183,6 +198,10 @@ class HybridPrefixCache(Cache):
         """
         positions = (self._state_positions[(layer_idx, "conv", 0)], self._state_positions[(layer_idx, "recurrent", 0)])
         for i, offset in enumerate(offsets):
+            if self._rollback is not None:
+                self._rollback.keep(layer_idx, offset, conv_states[i], recurrent_states[i])
+            if offset not in self._step_boundaries:
+                continue
             boundary = self.num_seen_tokens + offset
             slot_id = self._slot(boundary)
             if slot_id is None:
@@ -385,6 +404,7 @@ class HybridPrefixCache(Cache):
         self.store.release_snapshots(slot_id for slot_id, _ in pending.values())
         self._recording = False
         self._in_request = False
+        self._rollback = None
 
     def _publish(self, token_ids: torch.Tensor) -> None:
         block_size = self.store.block_size
@@ -499,8 +519,45 @@ class HybridPrefixCache(Cache):
         self._token_ids = None
         self.num_cached_tokens = self.num_seen_tokens = 0
 
+    # -- assisted decoding (transformers 5.25: prompt lookup, assistant models; see rollback.py) ------------------
+
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None, **kwargs) -> None:
+        """Before assisted decoding's first verification forward: from now on each forward keeps the states of its
+        last `recurrent_states_to_keep` positions, so that `crop` can take rejected drafts back exactly."""
+        reason = rollback_refusal(self)
+        if reason is not None:
+            raise ValueError(
+                f"Assisted decoding (prompt lookup, an assistant model) on a HybridPrefixCache needs an exact rollback "
+                f"of rejected drafts, which this model cannot have: {reason}. Run it without a HybridPrefixCache."
+            )
+        if self._rows:
+            raise ValueError("Assisted decoding runs one sequence at a time: pass a batch of one prompt.")
+        self._rollback = DraftRollback(max(1, recurrent_states_to_keep or 1))
+
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError(
-            "HybridPrefixCache cannot be cropped: recurrent states do not roll back. Start a new HybridPrefixCache; "
-            "the store serves the shared prefix."
-        )
+        """Remove the last `-tokens_to_remove` tokens (a negative count, as transformers' layers take it) of the
+        last forward: states restored to the accepted position, K/V cut, and the snapshots of boundaries past it
+        given back (they hold drafts)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes a negative number of tokens to remove, got {tokens_to_remove}")
+        if self._rollback is None:
+            raise ValueError(
+                "HybridPrefixCache.crop rolls back rejected drafts of assisted decoding only (after "
+                "activate_past_recording); to start over, use a new HybridPrefixCache: the store serves the prefix."
+            )
+        num_removed = -tokens_to_remove
+        self._rollback.restore(self, num_removed)
+        if num_removed == 0:
+            return
+        length = self.num_seen_tokens - num_removed
+        for spec in self.layout.attention:
+            layer = self.layers[spec.layer_idx]
+            layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
+        for spec in self.layout.recurrent:
+            seams.set_token_count(self.layers[spec.layer_idx], length)
+        self.num_seen_tokens = length
+        drafted = [boundary for boundary in self._pending if boundary > length]
+        self.store.release_snapshots(self._pending.pop(boundary)[0] for boundary in drafted)
+        self._refused = {boundary for boundary in self._refused if boundary <= length}
+        if self._decode_boundary is not None and self._decode_boundary > length:
+            self._decode_boundary = None

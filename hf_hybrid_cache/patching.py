@@ -93,6 +93,7 @@ def _patch(model: torch.nn.Module) -> None:
             model._hf_hybrid_cache_path = ONE_PASS if set(recurrent) <= one_pass_layers and single_state else GENERIC
         # Bound to the instance (not a closure), so `copy.deepcopy(model)` rebinds it to the copy.
         model.generate = types.MethodType(_generate, model)
+        model.prepare_inputs_for_generation = types.MethodType(_prepare_inputs_for_generation, model)
         model.register_forward_hook(_end_step, with_kwargs=True)
         if recurrent and hasattr(model, "init_continuous_batching"):
             model.init_continuous_batching = types.MethodType(_init_continuous_batching, model)
@@ -174,6 +175,23 @@ def _end_step(model, args, kwargs, output) -> None:
     if tokens is None:
         tokens = kwargs.get("inputs_embeds", args[0] if args else None)
     cache.end_step(tokens.shape[1])
+
+
+def _prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+    """transformers' own, except on a `HybridPrefixCache` holding a restored prefix when the first forward of
+    assisted decoding comes (prompt lookup, assistant models): transformers runs that forward over the whole
+    sequence (it expects an empty cache there, while generate's other first forwards slice off what the cache
+    holds, in `_prefill`), which would run the restored prefix a second time. It gets what the cache does not
+    hold. The inputs are the whole sequence when they are at least the request's prompt (the inputs our request
+    hands generate are always the whole prompt)."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if (
+        kwargs.get("is_first_iteration") and kwargs.get("next_sequence_length") is None
+        and isinstance(cache, HybridPrefixCache) and 0 < cache.num_seen_tokens < input_ids.shape[1]
+        and input_ids.shape[1] >= cache.prompt_length
+    ):
+        kwargs["next_sequence_length"] = input_ids.shape[1] - cache.num_seen_tokens
+    return type(self).prepare_inputs_for_generation(self, input_ids, *args, **kwargs)
 
 
 def _generate(self, *args, **kwargs):

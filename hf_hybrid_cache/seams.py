@@ -32,6 +32,10 @@ SERVES_IN_MODEL_PROCESS = INSTALLED >= Version("5.25.0.dev0")
 # attention layers only); 5.24 counted every layer of the model as full attention.
 CB_BLOCKS_COUNT_ALLOCATED_LAYERS = SERVES_IN_MODEL_PROCESS
 
+# 5.25: generate runs assisted decoding (prompt lookup, assistant models, MTP) on stateful models, calling
+# `activate_past_recording(recurrent_states_to_keep=...)` and `crop(-n)` on the cache; 5.24 refused it.
+ASSISTS_STATEFUL_MODELS = SERVES_IN_MODEL_PROCESS
+
 _warned_untested = False
 
 

@@ -2,8 +2,8 @@
 never builds a cache (pipelines, chat loops, `transformers serve`) reuses prompt prefixes too.
 
 Batches, samples and beams are served too (`batch.py`). A request prefix caching cannot serve (assisted
-decoding, another cache implementation, `use_cache=False`, a batch padded on the right) runs exactly as
-unpatched generate. How many prompt tokens a request was served from the store (all rows together) is kept
+decoding but on one-pass models with transformers 5.25, another cache implementation, `use_cache=False`, a
+batch padded on the right) runs exactly as unpatched generate. How many prompt tokens a request was served from the store (all rows together) is kept
 per input tensor (`cached_tokens`), for callers that report it.
 """
 
@@ -11,6 +11,7 @@ import weakref
 
 import torch
 
+from .. import seams
 from ..store.prefix_store import PrefixStore
 
 # id of an auto-mode request's input_ids tensor -> (a weak reference to it, prompt tokens served from the
@@ -44,11 +45,14 @@ def wants_cache(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
     def setting(name):
         return kwargs[name] if name in kwargs else getattr(config, name, None)
 
+    assisted = kwargs.get("assistant_model") is not None or setting("prompt_lookup_num_tokens") is not None
+    # Assisted decoding needs an exact rollback: our one-pass GDNs have one (`rollback.py`), on releases whose
+    # generate runs it for stateful models at all.
+    served_assisted = seams.ASSISTS_STATEFUL_MODELS and getattr(model, "_hf_hybrid_cache_path", None) == "one-pass"
     return (
         setting("use_cache") is not False
         and setting("cache_implementation") is None
-        and kwargs.get("assistant_model") is None
-        and setting("prompt_lookup_num_tokens") is None
+        and (not assisted or served_assisted)
     )
 
 
