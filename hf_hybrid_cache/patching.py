@@ -24,7 +24,7 @@ from .layout import SUPPORTED_CACHE_LAYERS
 from .models.registry import is_one_pass_mixer, patched_mixer_class, refusal
 from .models.wrappers import unwrap
 from .batch import BatchRequest
-from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest, sequences_per_prompt
+from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest, refuse_multi_token_prediction, sequences_per_prompt
 from .store.prefix_store import PrefixStore
 
 SUPPORTED_MODELS = (
@@ -207,6 +207,7 @@ def _generate(self, *args, **kwargs):
             "This HybridPrefixCache was built for another model: create one per model, "
             "HybridPrefixCache(model, store=...)."
         )
+    refuse_multi_token_prediction(self, kwargs)
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     num_beams, num_return_sequences = sequences_per_prompt(self, kwargs)
     batch_size = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.ndim == 2 else 1

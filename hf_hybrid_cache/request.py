@@ -73,6 +73,19 @@ def forward_to(model, cache: HybridPrefixCache, input_ids: torch.Tensor, end: in
     model(input_ids=input_ids[:, start:end], position_ids=positions, cache=cache, use_cache=True, **extra)
 
 
+def refuse_multi_token_prediction(model, kwargs: dict) -> None:
+    """MTP drafting (`use_mtp`, transformers 5.25) is not served on a HybridPrefixCache: its drafting layers keep
+    a cache of their own, filled from the main model's hidden states over the whole prompt in the first forward,
+    which a prefix hit does not run. (In 5.25 no hybrid family we patch drafts with MTP at all: the one-pass
+    families load no MTP layers and `bailing_hybrid` registers no MTP weight pattern.)"""
+    if auto_mode.generation_setting(model, kwargs, "use_mtp"):
+        raise ValueError(
+            "use_mtp (multi-token-prediction drafts) is not served on a HybridPrefixCache: the MTP layers need the "
+            "main model's hidden states over the whole prompt, which a prefix hit skips. Run it without a "
+            "HybridPrefixCache, or draft with prompt_lookup_num_tokens= or assistant_model=."
+        )
+
+
 def sequences_per_prompt(model, kwargs: dict) -> tuple[int, int]:
     """(num_beams, num_return_sequences) of a generate call."""
     config = kwargs.get("generation_config") or model.generation_config

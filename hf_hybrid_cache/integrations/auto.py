@@ -40,11 +40,12 @@ def wants_cache(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
         return False
-    config = kwargs.get("generation_config") or model.generation_config
 
     def setting(name):
-        return kwargs[name] if name in kwargs else getattr(config, name, None)
+        return generation_setting(model, kwargs, name)
 
+    if setting("use_mtp"):
+        return False  # MTP drafts need the whole prompt run (request.refuse_multi_token_prediction)
     assisted = kwargs.get("assistant_model") is not None or setting("prompt_lookup_num_tokens") is not None
     # Assisted decoding needs an exact rollback: our one-pass GDNs have one (`rollback.py`), on releases whose
     # generate runs it for stateful models at all.
@@ -54,6 +55,14 @@ def wants_cache(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
         and setting("cache_implementation") is None
         and (not assisted or served_assisted)
     )
+
+
+def generation_setting(model: torch.nn.Module, kwargs: dict, name: str):
+    """A generate call's setting `name`: its keyword, else that of the generation config it passes, else the
+    model's (None where the release has no such setting)."""
+    if name in kwargs:
+        return kwargs[name]
+    return getattr(kwargs.get("generation_config") or model.generation_config, name, None)
 
 
 def store_of(model: torch.nn.Module) -> PrefixStore | None:

@@ -136,3 +136,56 @@ def test_families_without_an_exact_rollback_are_refused_with_the_reason():
     model = hhc.patch(tiny_model("nemotron_h", seed=0))  # generic path: transformers' own Mamba2 rollback
     with pytest.raises(ValueError, match="generic path.*Run it without a HybridPrefixCache"):
         greedy(model, edit_prompt(0), hhc.HybridPrefixCache(model), prompt_lookup_num_tokens=4)
+
+
+def test_multi_token_prediction_is_refused_on_a_cache_and_left_to_transformers_in_auto_mode():
+    model = hhc.patch(tiny_model("qwen3_5", seed=0))
+    with pytest.raises(ValueError, match="use_mtp .* not served on a HybridPrefixCache"):
+        model.generate(edit_prompt(), cache=hhc.HybridPrefixCache(model), use_mtp=True, max_new_tokens=4)
+    # Auto mode runs it without a cache: transformers' own answer (5.25: the model has no MTP layers), as unpatched.
+    auto = hhc.patch(tiny_model("qwen3_5", seed=0), auto=True)
+    with pytest.raises(ValueError, match="num_mtp_layers"):
+        auto.generate(edit_prompt(), use_mtp=True, max_new_tokens=4)
+
+
+@pytest.fixture
+def exact_unpatched_rollback(monkeypatch):
+    """transformers' own assisted decoding made exact: its linear layers keep one more recurrent state than asked
+    (`rollback.py` says why one is missing), so that its rollback of a forward whose drafts were all rejected
+    returns to the right state. The reference for sampling, whose acceptance rule must stay transformers'."""
+    from transformers import cache_utils
+
+    activate = cache_utils.LinearAttentionCacheLayerMixin.activate_past_recording
+
+    def one_more(self, recurrent_states_to_keep=None):
+        return activate(self, None if recurrent_states_to_keep is None else recurrent_states_to_keep + 1)
+
+    monkeypatch.setattr(cache_utils.LinearAttentionCacheLayerMixin, "activate_past_recording", one_more)
+
+
+@pytest.mark.parametrize("draft", ["assistant", "prompt lookup"])
+def test_sampling_keeps_transformers_acceptance_rule_seed_for_seed(draft, exact_unpatched_rollback):
+    cold, model = tiny_model("qwen3_5", seed=0), hhc.patch(tiny_model("qwen3_5", seed=0))
+    kwargs = dict(assistant_model=tiny_model("qwen3_5", seed=3)) if draft == "assistant" else dict(prompt_lookup_num_tokens=4)
+    store = hhc.PrefixStore(block_size=16, mamba_cache_mode="all")
+    prompt = edit_prompt(5)
+    for turn in range(2):
+        torch.manual_seed(turn)
+        reference = cold.generate(prompt, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, top_k=0, pad_token_id=0, **kwargs)
+        torch.manual_seed(turn)
+        cache = hhc.HybridPrefixCache(model, store=store)
+        ours = model.generate(prompt, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, top_k=0, pad_token_id=0,
+                              cache=cache, **kwargs)
+        assert torch.equal(ours, reference)
+        assert (cache.num_cached_tokens > 0) == (turn > 0)
+
+
+def test_readme_example_runs(capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "prompt_lookup_num_tokens" in b)
+    exec(compile(block, "README.md", "exec"), {})
+    cached, equal = capsys.readouterr().out.split()
+    assert int(cached) > 0 and equal == "True"

@@ -61,8 +61,8 @@ def test_reprs_and_stats(model):
     assert "blocks=2" in repr(store) and "namespace='docs'" in repr(cache)
 
 
-def test_cache_refuses_crop(model):
-    with pytest.raises(NotImplementedError, match="new HybridPrefixCache"):
+def test_cache_refuses_crop_outside_assisted_decoding(model):
+    with pytest.raises(ValueError, match="new HybridPrefixCache"):
         hhc.HybridPrefixCache(model).crop(-1)
 
 
