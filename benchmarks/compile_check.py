@@ -3,7 +3,7 @@ launch options its launcher would pick on that architecture, and reports registe
 kernel needs) and shared memory per block. No GPU needed: triton's compiler and the wheel's ptxas and cuobjdump
 do it all on a CPU.
 
-    .venv/bin/python benchmarks/compile_check.py [--shapes qwen3_next qwen3_5 test] [--archs 80 86 89 90] [--json]
+    .venv/bin/python benchmarks/compile_check.py [--shapes qwen3_next qwen3_5 test lfm2] [--archs 80 86 89 90] [--json]
 
 A row is clean when it compiled, spills at most 64 bytes and its shared memory fits the architecture's
 per-block limit. Exits 1 if any row is not clean.
@@ -39,6 +39,9 @@ SHAPES = {
     "qwen3_5": (16, 64, 128, 128, 12288, "bf16"),
     "test": (1, 2, 24, 80, 128, "fp32"),
 }
+# (conv width, dtype) of the short convs our one-pass adapters run with no SiLU and no bias (LFM2 / LFM2-MoE
+# checkpoints: conv_L_cache 3, conv_bias false); the channel count is a runtime argument.
+SHORT_CONV_SHAPES = {"lfm2": (3, "bf16")}
 
 
 @dataclass
@@ -60,6 +63,10 @@ class Spec:
 
 def specs(shape: str, arch: int):
     """Every kernel launch of every op at `shape` on `arch`, configured as the launchers configure it."""
+    if shape in SHORT_CONV_SHAPES:
+        width, dtype = SHORT_CONV_SHAPES[shape]
+        yield from conv_specs(f"*{dtype}", width, silu=False, bias=False)
+        return
     num_k_heads, num_v_heads, k_dim, v_dim, conv_dim, dtype = SHAPES[shape]
     data = f"*{dtype}"
     dot = launch.dot_precision(_torch_dtype(dtype))
@@ -92,16 +99,23 @@ def specs(shape: str, arch: int):
                dict(q=data, k=data, v=data, g=fp32, beta=data, state=fp32, o=data, scale="fp32", T="i32"),
                dict(HK=num_k_heads, HV=num_v_heads, K=k_dim, V=v_dim, BK=launch.block_size(k_dim),
                     BV=min(launch.block_size(v_dim), recurrent_triton.BLOCK_V), USE_QK_L2NORM=True), num_warps=4, num_stages=3)
-    width = 4
-    conv = dict(x=data, weight=data, bias=data, conv_state=data, out=data, T="i32", D="i32")
+    yield from conv_specs(data, width=4, silu=True, bias=True)
+
+
+def conv_specs(data: str, width: int, silu: bool, bias: bool):
+    """The causal conv's launches (prefill, checkpoint states, decode) for inputs of triton type `data`."""
+    conv = dict(x=data, weight=data, **({"bias": data} if bias else {}), conv_state=data, out=data, T="i32", D="i32")
+    absent = {} if bias else {"bias": None}
     yield Spec("conv", conv_triton.causal_conv1d_kernel, conv,
-               dict(W=width, BD=conv_triton.BLOCK_D, BT=conv_triton.BLOCK_T, USE_SILU=True, HAS_BIAS=True, HAS_STATE=True),
+               dict(**absent, W=width, BD=conv_triton.BLOCK_D, BT=conv_triton.BLOCK_T, USE_SILU=silu, HAS_BIAS=bias,
+                    HAS_STATE=True),
                num_warps=4, num_stages=3)
     yield Spec("conv_states", conv_triton.causal_conv1d_states_kernel,
                dict(x=data, conv_state=data, ends="*i32", states=data, B="i32", T="i32", D="i32"),
                dict(W=width, BD=conv_triton.BLOCK_D, BW=triton.next_power_of_2(width), HAS_STATE=True), num_warps=4, num_stages=3)
     yield Spec("conv_update", conv_triton.causal_conv1d_update_kernel, conv,
-               dict(W=width, BD=conv_triton.BLOCK_D, BW=triton.next_power_of_2(width), USE_SILU=True, HAS_BIAS=True),
+               dict(**absent, W=width, BD=conv_triton.BLOCK_D, BW=triton.next_power_of_2(width), USE_SILU=silu,
+                    HAS_BIAS=bias),
                num_warps=4, num_stages=3)
 
 
@@ -161,7 +175,7 @@ def is_clean(row: dict) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", choices=[*SHAPES, *SHORT_CONV_SHAPES], default=[*SHAPES, *SHORT_CONV_SHAPES])
     parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--kernels", nargs="+", default=None, help="only these kernels (names as in the table)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")

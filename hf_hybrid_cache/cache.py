@@ -187,19 +187,23 @@ class HybridPrefixCache(Cache):
         return max(1, 2 * len(self.layout.recurrent))
 
     def record_states(
-        self, layer_idx: int, offsets: list[int], conv_states: torch.Tensor, recurrent_states: torch.Tensor
+        self, layer_idx: int, offsets: list[int], conv_states: torch.Tensor, recurrent_states: torch.Tensor | None
     ) -> None:
         """Write the states a one-pass layer computed inside the current step into their boundaries' slots.
 
         Args:
             offsets: some of what `snapshot_offsets` returned for this step.
             conv_states: `[len(offsets), batch, conv_dim, conv_width]`; recurrent_states:
-                `[len(offsets), batch, num_heads, head_k_dim, head_v_dim]`.
+                `[len(offsets), batch, num_heads, head_k_dim, head_v_dim]`, or None for a layer that holds a conv
+                state only (a short conv).
         """
-        positions = (self._state_positions[(layer_idx, "conv", 0)], self._state_positions[(layer_idx, "recurrent", 0)])
+        positions = [self._state_positions[(layer_idx, "conv", 0)]]
+        if recurrent_states is not None:
+            positions.append(self._state_positions[(layer_idx, "recurrent", 0)])
         for i, offset in enumerate(offsets):
+            states = (conv_states[i],) if recurrent_states is None else (conv_states[i], recurrent_states[i])
             if self._rollback is not None:
-                self._rollback.keep(layer_idx, offset, conv_states[i], recurrent_states[i])
+                self._rollback.keep(layer_idx, offset, states)
             if offset not in self._step_boundaries:
                 continue
             boundary = self.num_seen_tokens + offset
@@ -207,8 +211,8 @@ class HybridPrefixCache(Cache):
             if slot_id is None:
                 continue
             views = self.store.snapshot_views(slot_id)
-            for pos, state in zip(positions, (conv_states[i, 0], recurrent_states[i, 0])):
-                views[pos].copy_(state)
+            for pos, state in zip(positions, states):
+                views[pos].copy_(state[0])
             self._pending[boundary][1] += len(positions)
 
     def end_step(self, seq_len: int) -> None:

@@ -1,8 +1,8 @@
 """Rolling a `HybridPrefixCache` back over rejected draft tokens (transformers' assisted decoding: prompt lookup,
 assistant models), exactly.
 
-A verification forward runs the last accepted token and k drafts in one pass; the one-pass GatedDeltaNets hand
-over their states after each of its last k positions inside that pass (the same kernels and offsets that take
+A verification forward runs the last accepted token and k drafts in one pass; the one-pass layers (GatedDeltaNets,
+short convs) hand over their states after each of its last k positions inside that pass (the same kernels and offsets that take
 block-boundary snapshots). `crop(-r)` then restores the states after the forward's first L - r tokens, and cuts
 the attention K/V to them. No state is recomputed and no draft's state can reach the store: the snapshots of
 boundaries past the accepted tokens are given back.
@@ -34,9 +34,9 @@ class DraftRollback:
         self.num_drafts = num_drafts
         self.step_start: int | None = None  # tokens the cache held when the last forward began
         self.step_length = 0
-        # position in the step (tokens run) -> layer_idx -> (conv state `[batch, conv_dim, conv_width]`,
-        # recurrent state `[batch, num_heads, head_k_dim, head_v_dim]`)
-        self.states: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        # position in the step (tokens run) -> layer_idx -> (conv state `[batch, conv_dim, conv_width]`, and
+        # for a gated-delta-rule layer its recurrent state `[batch, num_heads, head_k_dim, head_v_dim]`)
+        self.states: dict[int, dict[int, tuple[torch.Tensor, ...]]] = {}
 
     def offsets(self, seq_len: int) -> list[int]:
         """Offsets in `[1, seq_len)` of a coming step after which each layer must hand over its state."""
@@ -47,11 +47,12 @@ class DraftRollback:
         (a crop never removes a whole forward, so `start` tells forwards apart)."""
         self.step_start, self.step_length, self.states = start, seq_len, {}
 
-    def keep(self, layer_idx: int, offset: int, conv_state: torch.Tensor, recurrent_state: torch.Tensor) -> None:
-        """A layer's states after `offset` tokens of the current step (kept if a crop may return there)."""
+    def keep(self, layer_idx: int, offset: int, states: tuple[torch.Tensor, ...]) -> None:
+        """A layer's states (conv, then recurrent if it has one) after `offset` tokens of the current step, kept
+        if a crop may return there."""
         if offset < self.step_length - self.num_drafts:
             return  # a block boundary's snapshot, earlier than any crop can reach
-        self.states.setdefault(offset, {})[layer_idx] = (conv_state.clone(), recurrent_state.clone())
+        self.states.setdefault(offset, {})[layer_idx] = tuple(state.clone() for state in states)
 
     def restore(self, cache, num_tokens_to_remove: int) -> None:
         """Put `cache`'s live state back to before the last `num_tokens_to_remove` tokens of the last forward
@@ -70,14 +71,13 @@ class DraftRollback:
             if spec.layer_idx not in kept:
                 raise RuntimeError(f"layer {spec.layer_idx} kept no state at offset {offset} of the last forward")
             layer = cache.layers[spec.layer_idx]
-            conv_state, recurrent_state = kept[spec.layer_idx]
-            layer.conv_states[0].copy_(conv_state)
-            layer.recurrent_states[0].copy_(recurrent_state)
+            for live, state in zip((layer.conv_states[0], layer.recurrent_states[0]), kept[spec.layer_idx]):
+                live.copy_(state)
         self.states = {}
 
 
 def rollback_refusal(cache) -> str | None:
-    """Why `cache` cannot roll back drafts exactly, or None: every recurrent state must be a one-pass GDN's (the
+    """Why `cache` cannot roll back drafts exactly, or None: every recurrent state must be a one-pass layer's (the
     generic path's layers run transformers' own rollback), and sliding windows and indexed attention keep what a
     crop of their K/V alone cannot undo."""
     path = getattr(cache.model, "_hf_hybrid_cache_path", None)

@@ -1,12 +1,12 @@
 """Continuous batching for hybrid models inside transformers' own engine: its scheduler, allocators, packing
 and serving run unchanged; the recurrent layers get state slots and snapshots (`paged_cache.py`) and
-packed variable-length kernels (`models/gated_delta_net.py`).
+packed variable-length kernels (`models/gated_delta_net.py`, `models/short_conv.py`).
 
 Seams into `transformers.generation.continuous_batching`, checked with transformers 5.24.0 and 5.25.0 (what
 differs between them is in `seams.py`):
 - `cache.group_layers_by_attn_type` and `initialization.group_layers_by_attn_type` group layers by type, one
-  allocator each, and raise `Invalid layer type: linear_attention`. For the text config of a model
-  `init_continuous_batching` was called on here, the linear-attention layers are left out of the groups.
+  allocator each, and raise `Invalid layer type: linear_attention` (or `conv`). For the text config of a model
+  `init_continuous_batching` was called on here, the recurrent layers are left out of the groups.
 - `continuous_api.PagedAttentionCache`, built by `ContinuousBatchingManager._create_batch_processor`: for
   such a config, `HybridPagedAttentionCache` with its slots and snapshots; any other config gets
   transformers' class as before.
@@ -36,7 +36,7 @@ from .paged_cache import PACKED_BATCH, HybridPagedAttentionCache
 from .snapshots import StateSnapshots
 from .state_slots import LinearLayerSpec, StateSlots, linear_layer_specs
 
-RECURRENT_LAYER_TYPES = ("linear_attention",)
+RECURRENT_LAYER_TYPES = ("linear_attention", "conv")  # GatedDeltaNets, LFM2's short convs
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 DEFAULT_CPU_MAX_BYTES = 256 << 20
 DEFAULT_CPU_MAX_BATCH_TOKENS = 256

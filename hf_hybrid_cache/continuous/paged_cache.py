@@ -5,7 +5,7 @@ allocators, block sharing and prefix matching) plus the recurrent layers' states
   or is cancelled (`free_blocks`, which every one of those paths calls). A request with no slot free waits.
 - Each batch the engine packs, the cache writes down per request (in packing order) its slot, whether it
   continues a state, and the block boundaries inside its tokens at which to snapshot (`packed_plan`): the
-  GatedDeltaNet layers read that plan (`models/gated_delta_net.py`).
+  one-pass layers read that plan (`models/gated_delta_net.py`, `models/short_conv.py`).
 - Prefix caching: transformers matches a prompt's K/V blocks by chained block hash; a hit here is the
   deepest matched block whose boundary also has a state snapshot (`StateSnapshots`, keyed by the same
   hash), restored into the request's slot. Which boundaries are saved follows `mamba_cache_mode`
@@ -203,8 +203,8 @@ class HybridPagedAttentionCache(PagedAttentionCache):
         self.plan.sealed = True
         return self.plan
 
-    def stage_checkpoints(self, layer_idx: int, conv: torch.Tensor, recurrent: torch.Tensor) -> None:
-        """conv `[N, conv_dim, conv_width]`, recurrent `[N, Hv, K, V]`: one layer's states at the plan's
-        checkpoints, in order."""
-        for key, conv_state, recurrent_state in zip(self.plan.checkpoint_keys, conv, recurrent):
-            self.snapshots.stage(key, layer_idx, conv_state.clone(), recurrent_state.clone())
+    def stage_checkpoints(self, layer_idx: int, conv: torch.Tensor, recurrent: torch.Tensor | None) -> None:
+        """conv `[N, conv_dim, conv_width]`, recurrent `[N, Hv, K, V]` (None for a short conv): one layer's
+        states at the plan's checkpoints, in order."""
+        for i, key in enumerate(self.plan.checkpoint_keys):
+            self.snapshots.stage(key, layer_idx, conv[i].clone(), None if recurrent is None else recurrent[i].clone())

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import torch
 
-LayerStates = dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (conv, recurrent)
+LayerStates = dict[int, tuple[torch.Tensor, torch.Tensor | None]]  # layer -> (conv, recurrent; None: a short conv)
 
 
 class StateSnapshots:
@@ -32,8 +32,9 @@ class StateSnapshots:
     def nbytes(self) -> int:
         return len(self._entries) * self.bytes_per_snapshot
 
-    def stage(self, key: int, layer: int, conv: torch.Tensor, recurrent: torch.Tensor) -> None:
-        """conv `[conv_dim, conv_width]`, recurrent `[Hv, K, V]`: copies the forward may not overwrite."""
+    def stage(self, key: int, layer: int, conv: torch.Tensor, recurrent: torch.Tensor | None) -> None:
+        """conv `[conv_dim, conv_width]`, recurrent `[Hv, K, V]` (None for a short conv): copies the forward may
+        not overwrite."""
         if self.capacity:
             self._staged.setdefault(key, {})[layer] = (conv, recurrent)
 

@@ -1,6 +1,7 @@
 """`StateSlots`: the recurrent layers' states of the requests running in continuous batching, one slot per
 request (assigned when it is first scheduled, freed when it finishes, fails or is cancelled)."""
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -8,23 +9,24 @@ import torch
 
 @dataclass(frozen=True)
 class LinearLayerSpec:
-    """One GatedDeltaNet layer's state: conv `[conv_dim, conv_width]` in the model's dtype and recurrent
-    `[num_v_heads, head_k_dim, head_v_dim]` in fp32 (what the kernels keep)."""
+    """One recurrent layer's state: conv `[conv_dim, conv_width]` in the model's dtype and, for a GatedDeltaNet,
+    recurrent `[num_v_heads, head_k_dim, head_v_dim]` in fp32 (what the kernels keep); a short conv has none."""
 
     conv_shape: tuple[int, int]
-    recurrent_shape: tuple[int, int, int]
+    recurrent_shape: tuple[int, int, int] | None
     conv_dtype: torch.dtype
     device: torch.device
 
     @property
     def nbytes(self) -> int:
         conv = self.conv_shape[0] * self.conv_shape[1] * self.conv_dtype.itemsize
-        return conv + self.recurrent_shape[0] * self.recurrent_shape[1] * self.recurrent_shape[2] * 4
+        return conv + (0 if self.recurrent_shape is None else math.prod(self.recurrent_shape) * 4)
 
 
 def linear_layer_specs(model) -> dict[int, LinearLayerSpec]:
-    """layer index -> spec, for every GatedDeltaNet mixer `hhc.patch` swapped in."""
+    """layer index -> spec, for every one-pass mixer `hhc.patch` swapped in (GatedDeltaNets, short convs)."""
     from ..models.gated_delta_net import PrefixGatedDeltaNet
+    from ..models.short_conv import PrefixShortConv
 
     specs = {}
     for module in model.modules():
@@ -34,13 +36,17 @@ def linear_layer_specs(model) -> dict[int, LinearLayerSpec]:
                 (weight.shape[0], module.conv_kernel_size), (module.num_v_heads, module.head_k_dim, module.head_v_dim),
                 weight.dtype, weight.device,
             )
+        elif isinstance(module, PrefixShortConv):
+            weight = module.conv.weight
+            specs[module.layer_idx] = LinearLayerSpec((weight.shape[0], module.conv_kernel_size), None, weight.dtype,
+                                                      weight.device)
     return dict(sorted(specs.items()))
 
 
 class StateSlots:
-    """Per layer a conv pool `[num_slots, conv_dim, conv_width]` and a recurrent pool `[num_slots, Hv, K, V]`;
-    a request owns one slot index across all layers. The kernels read and write the pools in place
-    (`kernels.causal_conv1d_varlen`, `kernels.gated_delta_rule_varlen`)."""
+    """Per layer a conv pool `[num_slots, conv_dim, conv_width]` and, for a GatedDeltaNet, a recurrent pool
+    `[num_slots, Hv, K, V]`; a request owns one slot index across all layers. The kernels read and write the
+    pools in place (`kernels.causal_conv1d_varlen`, `kernels.gated_delta_rule_varlen`)."""
 
     def __init__(self, specs: dict[int, LinearLayerSpec], num_slots: int):
         if num_slots < 1:
@@ -48,7 +54,8 @@ class StateSlots:
         self.specs = specs
         self.num_slots = num_slots
         self.conv = {i: torch.zeros(num_slots, *s.conv_shape, dtype=s.conv_dtype, device=s.device) for i, s in specs.items()}
-        self.recurrent = {i: torch.zeros(num_slots, *s.recurrent_shape, device=s.device) for i, s in specs.items()}
+        self.recurrent = {i: torch.zeros(num_slots, *s.recurrent_shape, device=s.device)
+                          for i, s in specs.items() if s.recurrent_shape is not None}
         self._owner: dict[str, int] = {}  # request id -> slot
         self._free = list(range(num_slots - 1, -1, -1))
 
@@ -87,11 +94,13 @@ class StateSlots:
             for pool in pools.values():
                 pool[destination] = pool[source]
 
-    def read(self, slot: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """layer -> (conv, recurrent) copies of one slot."""
-        return {i: (self.conv[i][slot].clone(), self.recurrent[i][slot].clone()) for i in self.specs}
+    def read(self, slot: int) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+        """layer -> (conv, recurrent or None) copies of one slot."""
+        return {i: (self.conv[i][slot].clone(), self.recurrent[i][slot].clone() if i in self.recurrent else None)
+                for i in self.specs}
 
-    def write(self, slot: int, states: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def write(self, slot: int, states: dict[int, tuple[torch.Tensor, torch.Tensor | None]]) -> None:
         for i, (conv, recurrent) in states.items():
             self.conv[i][slot] = conv
-            self.recurrent[i][slot] = recurrent
+            if recurrent is not None:
+                self.recurrent[i][slot] = recurrent

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers.integrations.accelerate import force_accelerate_hooks
 
 from .. import kernels, seams
+from .one_pass import OnePassMixer, runs_on_transformers
 
 
 @dataclass
@@ -28,7 +29,7 @@ class GatedDeltaNetInputs:
     a: torch.Tensor
 
 
-class PrefixGatedDeltaNet:
+class PrefixGatedDeltaNet(OnePassMixer):
     """Mixin placed before transformers' GatedDeltaNet class; uses its weights and attributes
     (`conv1d`, `A_log`, `dt_bias`, `key_dim`, `value_dim`, `head_k_dim`, `head_v_dim`, `layer_idx`, ...)."""
 
@@ -47,13 +48,7 @@ class PrefixGatedDeltaNet:
         """hidden_states `[batch, seq_len, hidden_size]` -> `[batch, seq_len, hidden_size]`."""
         if hasattr(cache, "packed_plan"):  # continuous batching of a patched model (`continuous/paged_cache.py`)
             return self._forward_packed(hidden_states, cache)
-        if (
-            kwargs.get("cu_seq_lens_q") is not None
-            or (cache is not None and cache.is_recording_past(self.layer_idx))
-            or (torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())))
-        ):
-            # Packed sequences, crop-able caches and anything autograd must differentiate run on
-            # transformers' own forward: our kernels have no backward.
+        if runs_on_transformers(self, hidden_states, cache, kwargs):
             return super().forward(hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
         if attention_mask is not None:
             # The 2D padding mask (left padding): padded positions enter the conv and the state as zeros.

@@ -1,6 +1,6 @@
 """What a model needs of this package: the mixers with an adapter, and the adapter module of each
-(gated-delta-rule mixers on our one-pass kernels, Jamba's Mamba layer made to continue from a restored
-state), and how a request's prompt is keyed (`prompt_keying`).
+(gated-delta-rule mixers and LFM2's short convs on our one-pass kernels, Jamba's Mamba layer made to continue
+from a restored state), and how a request's prompt is keyed (`prompt_keying`).
 
 Keyed by the name of transformers' mixer class, so that an adapter (and its transformers modeling module)
 is imported only when a model holding that mixer shows up. An adapter module maps transformers' class to
@@ -13,6 +13,7 @@ import torch
 
 from . import vision
 from .keying import PromptKeying
+from .one_pass import OnePassMixer
 from .peft_state import adapter_state
 
 # Inputs whose content the block keys cannot see (except images and videos of the models `vision.py` knows):
@@ -53,6 +54,8 @@ ADAPTER_MODULES = {
     "OlmoHybridGatedDeltaNet": "hf_hybrid_cache.models.olmo_hybrid",
     "Qwen4ExpTextGatedDeltaNet": "hf_hybrid_cache.models.qwen4_exp",
     "JambaMambaMixer": "hf_hybrid_cache.models.jamba",
+    "Lfm2ShortConv": "hf_hybrid_cache.models.lfm2",
+    "Lfm2MoeShortConv": "hf_hybrid_cache.models.lfm2",
 }
 
 
@@ -66,10 +69,8 @@ def patched_mixer_class(module: torch.nn.Module) -> type | None:
 
 
 def is_one_pass_mixer(module: torch.nn.Module) -> bool:
-    """Whether `module` takes its boundary states inside a forward (our GatedDeltaNets)."""
-    from .gated_delta_net import PrefixGatedDeltaNet
-
-    return isinstance(module, PrefixGatedDeltaNet)
+    """Whether `module` takes its boundary states inside a forward (our GatedDeltaNets and short convs)."""
+    return isinstance(module, OnePassMixer)
 
 
 def prompt_keying(model: torch.nn.Module, input_ids, kwargs: dict) -> PromptKeying | None:

@@ -17,7 +17,7 @@ from hf_hybrid_cache.tiny import tiny_model
 transformers.logging.set_verbosity_error()
 PAGE = 16
 NEW_TOKENS = 8
-ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl"]
+ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe"]
 
 
 def greedy(max_new_tokens=NEW_TOKENS, **fields):
@@ -81,6 +81,12 @@ def qwen3_5():
     return tiny_model("qwen3_5", seed=0), hhc.patch(tiny_model("qwen3_5", seed=0))
 
 
+@pytest.fixture(scope="module", params=["qwen3_5", "lfm2"], ids=["gated-delta-net", "short-conv"])
+def layer_kinds(request):
+    """(cold, patched) models of each recurrent layer kind continuous batching runs."""
+    return tiny_model(request.param, seed=0), hhc.patch(tiny_model(request.param, seed=0))
+
+
 @pytest.mark.parametrize("family", ONE_PASS_FAMILIES)
 def test_generate_batch_equals_cold_generate(family):
     cold, model = tiny_model(family, seed=0), hhc.patch(tiny_model(family, seed=0))
@@ -99,10 +105,10 @@ def test_transformers_refuses_the_unpatched_model():
 
 
 @pytest.mark.parametrize("mode, expected_hits", [("none", 0), ("align", 64), ("all", 64)])
-def test_a_later_request_starts_from_the_shared_prefix(qwen3_5, mode, expected_hits):
+def test_a_later_request_starts_from_the_shared_prefix(layer_kinds, mode, expected_hits):
     """First request 75 tokens, then three sharing its first 70: K/V blocks match up to 64 and the state
     snapshot at 64 exists in modes align (last boundary before the final prompt token) and all."""
-    cold, model = qwen3_5
+    cold, model = layer_kinds
     first, *others = prompts_sharing(70, [5, 30, 17, 41])
     session = Session(model, mamba_cache_mode=mode)
     try:
@@ -117,11 +123,11 @@ def test_a_later_request_starts_from_the_shared_prefix(qwen3_5, mode, expected_h
 
 
 @pytest.mark.parametrize("mode, expected_hits", [("none", 0), ("align", 64), ("branch", 64)])
-def test_requests_arriving_together_compute_their_shared_prefix_once(qwen3_5, mode, expected_hits):
+def test_requests_arriving_together_compute_their_shared_prefix_once(layer_kinds, mode, expected_hits):
     """Four prompts sharing 70 tokens sent at once: the first computes them and saves the boundary where the
     prompts part (64; align alone would save only 96, its last before its final token); the others wait
     for it and are served 64 (in mode none, nothing is saved: all compute everything)."""
-    cold, model = qwen3_5
+    cold, model = layer_kinds
     prompts = prompts_sharing(70, [30, 40, 35, 50], seed=18)
     session = Session(model, mamba_cache_mode=mode)
     try:

@@ -12,6 +12,8 @@ PREFILL_CASES = [
     pytest.param(130, 4, False, False, "silu", (1, 3, 64, 65, 129), id="T130-W4-zero-state-ckpt1,3,64,65,129"),
     pytest.param(2, 4, True, True, None, (1,), id="T2-shorter-than-W-no-activation"),
     pytest.param(37, 3, True, False, "silu", (), id="T37-W3-state-no-ckpt"),
+    # LFM2's short conv: W = 3, no bias, no activation; checkpoints at a block edge and at the last token.
+    pytest.param(67, 3, True, False, None, (1, 32, 33, 67), id="T67-W3-lfm2-ckpt1,32,33,67"),
 ]
 
 
@@ -31,14 +33,15 @@ def test_prefill_matches_reference(seq_len, width, use_state, use_bias, activati
 
 @pytest.mark.parametrize("seq_len", [1, 3], ids=["T1", "T3"])
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
-def test_update_matches_reference_in_place(seq_len, use_bias):
-    batch_size, dim, width = 2, 70, 4
+@pytest.mark.parametrize("width, activation", [(4, "silu"), (3, None)], ids=["W4-silu", "W3-lfm2"])
+def test_update_matches_reference_in_place(seq_len, use_bias, width, activation):
+    batch_size, dim = 2, 70
     x, weight = torch.randn(batch_size, dim, seq_len), torch.randn(dim, width)
     bias = torch.randn(dim) if use_bias else None
     conv_state = torch.randn(batch_size, dim, width)
     ref_state, address = conv_state.clone(), conv_state.data_ptr()
-    expected = causal_conv1d_update_ref(x, ref_state, weight, bias)
-    actual = causal_conv1d_update_triton(x, conv_state, weight, bias)
+    expected = causal_conv1d_update_ref(x, ref_state, weight, bias, activation=activation)
+    actual = causal_conv1d_update_triton(x, conv_state, weight, bias, activation=activation)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv_state, ref_state)
     assert conv_state.data_ptr() == address

@@ -12,10 +12,12 @@ from hf_hybrid_cache.kernels import dispatch, reference
 
 
 @pytest.mark.parametrize("use_state", [True, False], ids=["state", "zero-state"])
-def test_causal_conv1d(use_state):
-    x, weight, bias = torch.randn(2, 7, 37), torch.randn(7, 4), torch.randn(7)
-    conv_state = torch.randn(2, 7, 4) if use_state else None
-    kwargs = dict(conv_state=conv_state, checkpoint_offsets=(1, 2, 36, 37))
+@pytest.mark.parametrize("width, use_bias, activation", [(4, True, "silu"), (3, False, None)], ids=["W4-silu", "W3-lfm2"])
+def test_causal_conv1d(use_state, width, use_bias, activation):
+    x, weight = torch.randn(2, 7, 37), torch.randn(7, width)
+    bias = torch.randn(7) if use_bias else None
+    conv_state = torch.randn(2, 7, width) if use_state else None
+    kwargs = dict(conv_state=conv_state, activation=activation, checkpoint_offsets=(1, 2, 36, 37))
     expected_outputs = reference.causal_conv1d_ref(x, weight, bias, **kwargs)
     for actual, expected in zip(kernels.causal_conv1d(x, weight, bias, **kwargs), expected_outputs):
         assert actual.shape == expected.shape

@@ -13,7 +13,7 @@ from hf_hybrid_cache.tiny import tiny_model
 
 pytestmark = pytest.mark.skipif(not seams.ASSISTS_STATEFUL_MODELS, reason="transformers 5.24 refuses assisted decoding for stateful models")
 
-ONE_PASS_FAMILIES = ["qwen3_next", "qwen3_5", "olmo_hybrid"]
+ONE_PASS_FAMILIES = ["qwen3_next", "qwen3_5", "olmo_hybrid", "lfm2"]
 MAX_NEW_TOKENS = 24
 
 

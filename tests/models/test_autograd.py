@@ -9,7 +9,7 @@ from cold_oracle import random_tokens
 from hf_hybrid_cache import kernels
 from hf_hybrid_cache.tiny import tiny_model
 
-ONE_PASS_FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid"]
+ONE_PASS_FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "lfm2", "lfm2_moe"]
 
 
 @pytest.fixture(params=ONE_PASS_FAMILIES)
@@ -54,8 +54,8 @@ def test_gradient_checkpointing_in_train_mode(models):
 def test_inference_without_gradients_runs_on_our_kernels(models, monkeypatch):
     cold, model = models
     calls = []
-    chunk = kernels.chunk_gated_delta_rule
-    monkeypatch.setattr(kernels, "chunk_gated_delta_rule", lambda *args, **kwargs: calls.append(1) or chunk(*args, **kwargs))
+    conv = kernels.causal_conv1d  # every one-pass layer's prefill runs it (a GDN's conv, a short conv)
+    monkeypatch.setattr(kernels, "causal_conv1d", lambda *args, **kwargs: calls.append(1) or conv(*args, **kwargs))
     input_ids = random_tokens(30, seed=4)[None]
     with torch.no_grad():
         logits = model(input_ids).logits
