@@ -30,8 +30,8 @@ from .store.prefix_store import PrefixStore
 SUPPORTED_MODELS = (
     "decoder-only models whose cache layers are full, sliding-window or indexed attention, recurrent states or "
     "both, with at least one attention layer: gated-delta-rule and short-conv families on our kernels (qwen3_next, "
-    "qwen3_5, qwen3_5_moe, olmo_hybrid, qwen4_exp, lfm2, lfm2_moe), Mamba / Mamba2 / short-conv / KDA hybrids on "
-    "transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, jamba, lfm3, kimi_linear, zamba, "
+    "qwen3_5, qwen3_5_moe, olmo_hybrid, qwen4_exp, lfm2, lfm2_moe, lfm3), Mamba / Mamba2 / KDA hybrids on "
+    "transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, jamba, kimi_linear, zamba, "
     "...), and attention "
     "models (llama, qwen3, mistral, gemma3, gpt_oss, ...); README's table lists every family"
 )

@@ -156,11 +156,21 @@ def _install_seams() -> None:
 
 
 def _check_layer_types(model, text_config) -> None:
-    unsupported = sorted(set(text_config.layer_types) - set(RECURRENT_LAYER_TYPES) - set(ATTENTION_LAYER_TYPES))
+    layer_types = set(text_config.layer_types)
+    unsupported = sorted(layer_types - set(RECURRENT_LAYER_TYPES) - set(ATTENTION_LAYER_TYPES))
     if unsupported:
         raise ValueError(
             f"{type(model).__name__} has {', '.join(unsupported)} layers, which transformers' continuous batching "
             "has no allocator for; use model.generate() (cached by hf_hybrid_cache) instead"
+        )
+    attention_types = sorted(layer_types & set(ATTENTION_LAYER_TYPES))
+    if len(attention_types) > 1:
+        # The engine then hands the model one attention mask per attention type, and the model looks one up
+        # for its recurrent layers' type too (LFM3 with sliding-window layers).
+        raise ValueError(
+            f"{type(model).__name__} has recurrent layers beside {' and '.join(attention_types)} layers, for which "
+            "transformers' continuous batching passes masks per attention type only; use model.generate() "
+            "(cached by hf_hybrid_cache) instead"
         )
 
 

@@ -1,7 +1,8 @@
-"""LFM2's and LFM2-MoE's short convs on the one-pass core (`short_conv.py`): the same layer in both."""
+"""The short convs of LFM2, LFM2-MoE and LFM3 on the one-pass core (`short_conv.py`): the same layer in each."""
 
 from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
 from transformers.models.lfm2_moe.modeling_lfm2_moe import Lfm2MoeShortConv
+from transformers.models.lfm3.modeling_lfm3 import Lfm3ShortConv
 
 from .short_conv import PrefixShortConv
 
@@ -14,4 +15,10 @@ class PrefixLfm2MoeShortConv(PrefixShortConv, Lfm2MoeShortConv):
     pass
 
 
-PATCHED_MIXERS = {Lfm2ShortConv: PrefixLfm2ShortConv, Lfm2MoeShortConv: PrefixLfm2MoeShortConv}
+class PrefixLfm3ShortConv(PrefixShortConv, Lfm3ShortConv):
+    pass
+
+
+PATCHED_MIXERS = {
+    Lfm2ShortConv: PrefixLfm2ShortConv, Lfm2MoeShortConv: PrefixLfm2MoeShortConv, Lfm3ShortConv: PrefixLfm3ShortConv,
+}

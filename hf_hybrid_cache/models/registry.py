@@ -56,6 +56,7 @@ ADAPTER_MODULES = {
     "JambaMambaMixer": "hf_hybrid_cache.models.jamba",
     "Lfm2ShortConv": "hf_hybrid_cache.models.lfm2",
     "Lfm2MoeShortConv": "hf_hybrid_cache.models.lfm2",
+    "Lfm3ShortConv": "hf_hybrid_cache.models.lfm2",
 }
 
 

@@ -17,7 +17,7 @@ from hf_hybrid_cache.tiny import tiny_model
 transformers.logging.set_verbosity_error()
 PAGE = 16
 NEW_TOKENS = 8
-ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe"]
+ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe", "lfm3"]
 
 
 def greedy(max_new_tokens=NEW_TOKENS, **fields):
@@ -315,9 +315,14 @@ def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
         model.init_continuous_batching(generation_config=greedy(), continuous_batching_config=config(max_bytes=1 << 16))
 
 
-@pytest.mark.parametrize("family, reason", [("nemotron_h", "generic path"), ("qwen4_exp", "indexed_attention")])
-def test_what_cannot_run_is_refused_naming_generate(family, reason):
-    model = hhc.patch(tiny_model(family, seed=0))
+@pytest.mark.parametrize("family, overrides, reason", [
+    ("nemotron_h", {}, "generic path"),
+    ("qwen4_exp", {}, "indexed_attention"),
+    ("lfm3", dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"], sliding_window=24),
+     "full_attention and sliding_attention"),
+])
+def test_what_cannot_run_is_refused_naming_generate(family, overrides, reason):
+    model = hhc.patch(tiny_model(family, seed=0, **overrides))
     with pytest.raises(ValueError, match=f"{reason}.*use model.generate\\(\\)"):
         model.generate_batch([[5, 6, 7]], generation_config=greedy(), progress_bar=False)
 

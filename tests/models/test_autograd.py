@@ -9,7 +9,7 @@ from cold_oracle import random_tokens
 from hf_hybrid_cache import kernels
 from hf_hybrid_cache.tiny import tiny_model
 
-ONE_PASS_FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "lfm2", "lfm2_moe"]
+ONE_PASS_FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "lfm2", "lfm2_moe", "lfm3"]
 
 
 @pytest.fixture(params=ONE_PASS_FAMILIES)

@@ -23,8 +23,8 @@ MODES = ["none", "align", "branch", "all"]
 BLOCK_SIZE = 40
 MAX_NEW_TOKENS = 6
 EXPECTED_PATH = {
-    **dict.fromkeys(["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen3_5_vl", "qwen4_exp", "lfm2", "lfm2_moe"],
-                    "one-pass"),
+    **dict.fromkeys(["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen3_5_vl", "qwen4_exp", "lfm2", "lfm2_moe",
+                     "lfm3"], "one-pass"),
     **dict.fromkeys(["llama", "qwen3", "mistral", "mistral_sliding", "gemma3_text", "gpt_oss"], "attention-only"),
 }
 
