@@ -11,6 +11,7 @@ auto mode is on (`integrations/auto.py`): one sequence goes to `request.py`, sev
 beams) to `batch.py`. Anything else goes straight to transformers' own `generate`.
 """
 
+import functools
 import sys
 import types
 
@@ -94,7 +95,7 @@ def _patch(model: torch.nn.Module) -> None:
             model._hf_hybrid_cache_path = ONE_PASS if set(recurrent) <= one_pass_layers and single_state else GENERIC
         # Bound to the instance (not a closure), so `copy.deepcopy(model)` rebinds it to the copy.
         model.generate = types.MethodType(_generate, model)
-        model.prepare_inputs_for_generation = types.MethodType(_prepare_inputs_for_generation, model)
+        model.prepare_inputs_for_generation = types.MethodType(_prepare_inputs_wrapper(type(model)), model)
         model.register_forward_hook(_end_step, with_kwargs=True)
         if recurrent and hasattr(model, "init_continuous_batching"):
             model.init_continuous_batching = types.MethodType(_init_continuous_batching, model)
@@ -176,6 +177,17 @@ def _end_step(model, args, kwargs, output) -> None:
     if tokens is None:
         tokens = kwargs.get("inputs_embeds", args[0] if args else None)
     cache.end_step(tokens.shape[1])
+
+
+def _prepare_inputs_wrapper(model_class: type):
+    """`_prepare_inputs_for_generation` with the signature of `model_class`'s own: generate reads that signature
+    (whether `inputs_embeds` is forwarded, which keyword arguments are the model's)."""
+
+    @functools.wraps(model_class.prepare_inputs_for_generation)
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        return _prepare_inputs_for_generation(self, input_ids, *args, **kwargs)
+
+    return prepare_inputs_for_generation
 
 
 def _prepare_inputs_for_generation(self, input_ids, *args, **kwargs):

@@ -93,3 +93,16 @@ def test_a_plain_forward_on_a_hybrid_prefix_cache_names_dynamic_cache(model):
     with pytest.raises(RuntimeError, match=r"plain forward.*DynamicCache\(config=model.config\)"):
         model(torch.randint(3, 300, (1, 8)), cache=cache)
     model(torch.randint(3, 300, (1, 8)), cache=DynamicCache(config=model.config))
+
+
+def test_generate_reads_the_model_classes_own_input_preparation_signature(model):
+    """generate inspects `prepare_inputs_for_generation` (is `inputs_embeds` forwarded? which keywords are the
+    model's?): ours has the class's signature, so generating from embeddings works as unpatched."""
+    import inspect
+
+    cold = tiny_qwen3_next(seed=0)
+    assert inspect.signature(model.prepare_inputs_for_generation) == inspect.signature(cold.prepare_inputs_for_generation)
+    embeds = model.get_input_embeddings()(torch.randint(3, 300, (1, 20), generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        expected = cold.generate(inputs_embeds=embeds, max_new_tokens=5, do_sample=False)
+        assert torch.equal(model.generate(inputs_embeds=embeds, max_new_tokens=5, do_sample=False), expected)
