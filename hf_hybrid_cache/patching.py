@@ -25,7 +25,9 @@ from .layout import SUPPORTED_CACHE_LAYERS
 from .models.registry import is_one_pass_mixer, patched_mixer_class, refusal
 from .models.wrappers import unwrap
 from .batch import BatchRequest
-from .request import ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest, refuse_multi_token_prediction, sequences_per_prompt
+from .request import (
+    ATTENTION_ONLY, GENERIC, ONE_PASS, PrefixRequest, refuse_multi_token_prediction, sequences_per_prompt,
+)
 from .store.prefix_store import PrefixStore
 
 SUPPORTED_MODELS = (
@@ -33,8 +35,7 @@ SUPPORTED_MODELS = (
     "both, with at least one attention layer: gated-delta-rule and short-conv families on our kernels (qwen3_next, "
     "qwen3_5, qwen3_5_moe, olmo_hybrid, qwen4_exp, lfm2, lfm2_moe, lfm3), Mamba / Mamba2 / KDA hybrids on "
     "transformers' own layers (nemotron_h, granitemoehybrid, falcon_h1, bamba, jamba, kimi_linear, zamba, "
-    "...), and attention "
-    "models (llama, qwen3, mistral, gemma3, gpt_oss, ...); README's table lists every family"
+    "...), and attention models (llama, qwen3, mistral, gemma3, gpt_oss, ...); README's table lists every family"
 )
 
 

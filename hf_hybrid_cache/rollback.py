@@ -1,9 +1,9 @@
 """Rolling a `HybridPrefixCache` back over rejected draft tokens (transformers' assisted decoding: prompt lookup,
 assistant models), exactly.
 
-A verification forward runs the last accepted token and k drafts in one pass; the one-pass layers (GatedDeltaNets,
-short convs) hand over their states after each of its last k positions inside that pass (the same kernels and offsets that take
-block-boundary snapshots). `crop(-r)` then restores the states after the forward's first L - r tokens, and cuts
+A verification forward runs the last accepted token and k drafts in one pass; the one-pass layers
+(GatedDeltaNets, short convs) hand over their states after each of its last k positions inside that pass (the
+same kernels and offsets that take block-boundary snapshots). `crop(-r)` then restores the states after the forward's first L - r tokens, and cuts
 the attention K/V to them. No state is recomputed and no draft's state can reach the store: the snapshots of
 boundaries past the accepted tokens are given back.
 
