@@ -1,6 +1,7 @@
 """Continuous batching for hybrid models inside transformers' own engine: its scheduler, allocators, packing
-and serving run unchanged; the recurrent layers get state slots and snapshots (`paged_cache.py`) and
-packed variable-length kernels (`models/gated_delta_net.py`, `models/short_conv.py`).
+and serving run unchanged; the recurrent layers get state slots (`paged_cache.py`) and packed
+variable-length kernels (`models/gated_delta_net.py`, `models/short_conv.py`), and prefix caching runs on
+the `PrefixStore` that `generate()` uses (`store_link.py`).
 
 Seams into `transformers.generation.continuous_batching`, checked with transformers 5.24.0 and 5.25.0 (what
 differs between them is in `seams.py`):
@@ -8,7 +9,7 @@ differs between them is in `seams.py`):
   allocator each, and raise `Invalid layer type: linear_attention` (or `conv`). For the text config of a model
   `init_continuous_batching` was called on here, the recurrent layers are left out of the groups.
 - `continuous_api.PagedAttentionCache`, built by `ContinuousBatchingManager._create_batch_processor`: for
-  such a config, `HybridPagedAttentionCache` with its slots and snapshots; any other config gets
+  such a config, `HybridPagedAttentionCache` with its slots and store; any other config gets
   transformers' class as before.
 - `AttentionInterface`'s "sdpa" (transformers' attention for continuous batching on CPU): packs every request
   into one row with a block-diagonal mask, repeating the K/V heads of all requests' keys for grouped-query
@@ -18,6 +19,7 @@ differs between them is in `seams.py`):
   serving's `CBGenerateManager` all go through: wrapped by `patch()` to size and register the model first.
 """
 
+import copy
 import math
 import weakref
 from dataclasses import dataclass
@@ -31,10 +33,11 @@ from transformers.generation.continuous_batching.utils import find_head_dim, fin
 from transformers.modeling_utils import AttentionInterface
 
 from .. import seams
-from ..store.modes import MAMBA_CACHE_MODES
+from ..integrations.auto import store_of
+from ..store.prefix_store import PrefixStore, get_default_store
 from .paged_cache import PACKED_BATCH, HybridPagedAttentionCache
-from .snapshots import StateSnapshots
 from .state_slots import LinearLayerSpec, StateSlots, linear_layer_specs
+from .store_link import StoreLink
 
 RECURRENT_LAYER_TYPES = ("linear_attention", "conv")  # GatedDeltaNets, LFM2's short convs
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -50,18 +53,23 @@ class HybridBatchingConfig(ContinuousBatchingConfig):
     defaults).
 
     Attributes:
-        max_bytes: the byte budget of paged K/V, state slots, snapshots and the attention masks transformers
-            sizes from its token counts. None: 256 MiB on CPU; on GPU, transformers sizes the K/V from free
-            memory after the slots and snapshots are allocated.
+        max_bytes: the byte budget of paged K/V, state slots and the attention masks transformers sizes from
+            its token counts. None: 256 MiB on CPU; on GPU, transformers sizes the K/V from free memory after
+            the slots are allocated. The store's pages and snapshots are within the store's own `max_bytes`.
         max_requests: requests running at once (one state slot each); also caps `max_requests_per_batch`.
-        snapshot_fraction: the share of `max_bytes` kept for state snapshots (prefix caching).
-        mamba_cache_mode: which block boundaries save a state, as in `generate()` ("none": no prefix caching).
+        store: the `PrefixStore` prefix caching reads and writes, the one `generate()` uses too (its
+            `block_size` is the page size, its `mamba_cache_mode` says which boundaries save states, and its
+            policy evicts them). None: the store the model's auto mode uses, else the process-wide one.
+        namespace: as `HybridPrefixCache`'s: entries of one namespace never hit from another.
+        page_size: None (default): the store's block size; any other value must equal it. A plain
+            `ContinuousBatchingConfig`'s page size at transformers' default counts as None.
     """
 
     max_bytes: int | None = None
     max_requests: int = DEFAULT_MAX_REQUESTS
-    snapshot_fraction: float = 0.25
-    mamba_cache_mode: str = "align"
+    store: PrefixStore | None = None
+    namespace: str | None = None
+    page_size: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,10 +77,17 @@ class HybridBatchingConfig(ContinuousBatchingConfig):
             raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
         if self.max_requests < 1:
             raise ValueError(f"max_requests must be at least 1, got {self.max_requests}")
-        if not 0 <= self.snapshot_fraction < 1:
-            raise ValueError(f"snapshot_fraction must be in [0, 1), got {self.snapshot_fraction}")
-        if self.mamba_cache_mode not in MAMBA_CACHE_MODES:
-            raise ValueError(f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {self.mamba_cache_mode!r}")
+        if self.store is not None and not isinstance(self.store, PrefixStore):
+            raise TypeError(f"store must be a PrefixStore or None, got {type(self.store).__name__}")
+        if self.namespace is not None and not isinstance(self.namespace, str):
+            raise TypeError(f"namespace must be a str or None, got {type(self.namespace).__name__}")
+
+    def __deepcopy__(self, memo):
+        """transformers copies its config: the copy shares the store (one store is the point of it)."""
+        fields = {name: copy.deepcopy(getattr(self, name), memo) for name in self.__dataclass_fields__ if name != "store"}
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__, **fields)
+        return copied
 
 
 class RequestTooLongError(ValueError):
@@ -84,8 +99,7 @@ class _Registered:
     config_ref: weakref.ref
     specs: dict[int, LinearLayerSpec]
     num_slots: int
-    snapshot_bytes: int
-    mamba_cache_mode: str
+    link: StoreLink
     max_tokens: int | None  # K/V capacity in tokens, when sized from a budget
 
 
@@ -116,12 +130,9 @@ def _paged_cache(original):
         entry = _registered(config)
         if entry is None:
             return original(config, continuous_batching_config, *args, **kwargs)
-        layers = list(entry.specs)
         return HybridPagedAttentionCache(
-            config, continuous_batching_config, *args,
-            slots=StateSlots(entry.specs, entry.num_slots),
-            snapshots=StateSnapshots(layers, StateSlots.bytes_per_slot(entry.specs), entry.snapshot_bytes),
-            mamba_cache_mode=entry.mamba_cache_mode, **kwargs,
+            config, continuous_batching_config, *args, slots=StateSlots(entry.specs, entry.num_slots),
+            link=entry.link, **kwargs,
         )
 
     paged_attention_cache.hf_hybrid_cache = True
@@ -185,14 +196,30 @@ def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingCon
     """transformers' config for a hybrid model: the K/V sized from `max_bytes` (on CPU always), and the
     features our recurrent layers do not take turned off (CUDA graphs and compile, which would capture one
     batch's plan; async batching, which packs batch N+1 before N has run; CPU offloading, which moves K/V
-    blocks but not states: requests it evicts restart from their tokens instead). Registers the model's
-    text config for the seams."""
+    blocks but not states: requests it evicts restart from their tokens instead), and the page size set to
+    the store's block size. Registers the model's text config and its store for the seams.
+
+    Raises ValueError when a page size other than the store's block size is asked for, or the store holds
+    another model layout."""
     fields = {} if config is None else {f: getattr(config, f) for f in ContinuousBatchingConfig.__dataclass_fields__}
+    store, namespace, page_size = None, None, None if config is None else config.page_size
     if isinstance(config, HybridBatchingConfig):
-        fields.update((f, getattr(config, f)) for f in ("max_bytes", "max_requests", "snapshot_fraction", "mamba_cache_mode"))
+        fields.update((f, getattr(config, f)) for f in ("max_bytes", "max_requests"))
+        store, namespace = config.store, config.namespace
+    elif page_size == ContinuousBatchingConfig.__dataclass_fields__["page_size"].default:
+        page_size = None  # transformers' default, not a choice
+    store = store or store_of(model) or get_default_store()
+    if page_size is not None and page_size != store.block_size:
+        raise ValueError(
+            f"page_size={page_size} differs from the prefix store's block_size={store.block_size}: continuous "
+            "batching's pages are the store's blocks. Leave page_size unset, or give the engine a store with "
+            f"that block size: HybridBatchingConfig(store=PrefixStore(block_size={page_size}))"
+        )
+    link = StoreLink(store, model, namespace)
     fields.update(use_cuda_graph=False, use_async_batching=False, default_compile_level=0, varlen_compile_config=None,
-                  decode_compile_config=None, cpu_offload_space=0.0, block_size=None, use_default_compile_configs=None)
-    config = HybridBatchingConfig(**fields)
+                  decode_compile_config=None, cpu_offload_space=0.0, block_size=None, use_default_compile_configs=None,
+                  page_size=store.block_size, namespace=namespace)
+    config = HybridBatchingConfig(**fields)  # without the store, which the registry holds
     text_config = model.config.get_text_config()
     specs = linear_layer_specs(model)
     bytes_per_slot = StateSlots.bytes_per_slot(specs)
@@ -202,42 +229,44 @@ def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingCon
     if max_bytes is None and model.device.type == "cpu":
         max_bytes = DEFAULT_CPU_MAX_BYTES
     tokens = None
-    if max_bytes is None:  # GPU without a budget: transformers sizes the K/V from what is left
-        snapshot_bytes = int(config.snapshot_fraction * 4 * num_slots * bytes_per_slot)
-    else:
+    if max_bytes is not None:  # else (GPU without a budget) transformers sizes the K/V from what is left
         if model.device.type == "cpu" and config.max_batch_tokens is None:
             config.max_batch_tokens = DEFAULT_CPU_MAX_BATCH_TOKENS
         max_batch_tokens = config.max_batch_tokens or 8192
-        snapshot_bytes = int(config.snapshot_fraction * max_bytes)
-        kv_and_masks = max_bytes - snapshot_bytes - num_slots * bytes_per_slot
+        kv_and_masks = max_bytes - num_slots * bytes_per_slot
         # transformers' eager / sdpa masks are [max_batch_tokens, cached tokens + max_batch_tokens]
         mask_bytes_per_token = max_batch_tokens * model.dtype.itemsize
         kv_per_token = _kv_bytes_per_token(text_config, model.dtype)
+        attention_block = kv_per_token * config.page_size
+        bytes_per_sector = math.lcm(attention_block, 128)
+        # the cache tensor also holds two trash sectors (padding tokens read from and write to them)
+        kv_and_masks -= 2 * bytes_per_sector
         tokens = (kv_and_masks - max_batch_tokens * mask_bytes_per_token) // (kv_per_token + mask_bytes_per_token)
         if tokens < config.page_size:
             raise ValueError(
                 f"max_bytes={max_bytes} leaves room for {max(tokens, 0)} cached tokens after {num_slots} state slots "
-                f"of {bytes_per_slot} bytes and the snapshots: raise max_bytes or lower max_requests / max_batch_tokens"
+                f"of {bytes_per_slot} bytes: raise max_bytes or lower max_requests / max_batch_tokens"
             )
-        # what transformers counts as one block of `num_blocks` (it differs between releases)
-        bytes_per_block = seams.cb_bytes_per_block(text_config, model.dtype, config.page_size)
-        config.num_blocks = max(1, tokens * kv_per_token // bytes_per_block)
-        # what transformers will allocate (`PagedAttentionMemoryHandler.num_sectors_from_config`): whole sectors
-        # of lcm(bytes of a block of the attention layers, 128) bytes
+        # transformers allocates (`PagedAttentionMemoryHandler.num_sectors_from_config`) whole sectors of
+        # lcm(bytes of a block of the attention layers, 128) bytes, as many as `num_blocks` blocks fill, rounded
+        # up; `num_blocks` is chosen so that they are the sectors that fit. (What it counts as one block of
+        # `num_blocks` differs between releases.)
         attention_block = kv_per_token * config.page_size
         bytes_per_sector = math.lcm(attention_block, 128)
+        bytes_per_block = seams.cb_bytes_per_block(text_config, model.dtype, config.page_size)
+        num_sectors = max(1, tokens * kv_per_token // bytes_per_sector)
+        config.num_blocks = max(1, num_sectors * bytes_per_sector // bytes_per_block)
         num_sectors = max(1, math.ceil(config.num_blocks * bytes_per_block / bytes_per_sector))
         tokens = num_sectors * bytes_per_sector // attention_block * config.page_size
     _install_seams()
-    _REGISTRY[id(text_config)] = _Registered(weakref.ref(text_config), specs, num_slots, snapshot_bytes,
-                                             config.mamba_cache_mode, tokens)
+    _REGISTRY[id(text_config)] = _Registered(weakref.ref(text_config), specs, num_slots, link, tokens)
     weakref.finalize(text_config, _REGISTRY.pop, id(text_config), None)
     return config
 
 
 def init_continuous_batching(model, generation_config=None, continuous_batching_config=None, workload_hints=None):
     """`model.init_continuous_batching` of a patched model with recurrent layers (bound by `patch()`): one-pass
-    models get slots and snapshots (`resolve`); generic-path models are refused with the alternative named
+    models get slots and the store (`resolve`); generic-path models are refused with the alternative named
     (their adapters run transformers' own recurrent forward, which needs a `Cache` per sequence)."""
     if model._hf_hybrid_cache_path != "one-pass":
         raise ValueError(
@@ -250,7 +279,7 @@ def init_continuous_batching(model, generation_config=None, continuous_batching_
         model, generation_config=generation_config, continuous_batching_config=config, workload_hints=workload_hints
     )
     if not getattr(manager.add_request, "hf_hybrid_cache", False):
-        manager.add_request = _refusing_what_cannot_fit(manager, manager.add_request)
+        manager.add_request = _checked_and_prefetched(manager, manager.add_request)
     return manager
 
 
@@ -264,9 +293,11 @@ def _token_capacity(manager) -> int | None:
     return None if entry is None else entry.max_tokens
 
 
-def _refusing_what_cannot_fit(manager, add_request):
-    """transformers' `add_request`, refusing a request longer than the whole cache up front: queued, it would
-    stop the engine's loop ("No requests can be scheduled"), failing every other request with it."""
+def _checked_and_prefetched(manager, add_request):
+    """transformers' `add_request`, refusing a request longer than the whole cache up front (queued, it would
+    stop the engine's loop, "No requests can be scheduled", failing every other request with it), and reading
+    its prompt's blocks from the store's remote tier in the caller's thread, so the engine's loop never waits
+    on Redis."""
 
     def checked_add_request(input_ids, request_id=None, max_new_tokens=None, *args, **kwargs):
         capacity = _token_capacity(manager)
@@ -278,6 +309,9 @@ def _refusing_what_cannot_fit(manager, add_request):
                 f"continuous batching cache holds {capacity}: raise HybridBatchingConfig(max_bytes=...) (the server's "
                 "--cache-max-bytes-mib) or send a shorter request"
             )
+        entry = _registered(manager.model.config.get_text_config())
+        if entry is not None:
+            entry.link.prefetch(list(input_ids))
         return add_request(input_ids, request_id, max_new_tokens, *args, **kwargs)
 
     checked_add_request.hf_hybrid_cache = True

@@ -4,14 +4,15 @@ resend the conversation each turn are served the shared prefix from the store, a
 `prompt_tokens_details.cached_tokens` (the field OpenAI's API uses for prefix-cache hits).
 
 Our own options, taken out before the rest goes to `transformers serve`: `--cache-mode` (branch, align, all,
-none), `--cache-block-size`, `--cache-max-bytes-mib`, `--store PATH` (keep the store in a file: loaded at
-start if it exists, its mode and block size then win over the flags; saved after each response and on exit),
-and `--remote URL` (a Redis server shared by replicas: `store/redis_tier.py`).
+none), `--cache-block-size`, `--cache-max-bytes-mib`, `--cache-host-mib` (a host-memory tier below it),
+`--store PATH` (keep the store in a file: loaded at start if it exists, its mode and block size then win over
+the flags; saved after each response and on exit), and `--remote URL` (a Redis server shared by replicas:
+`store/redis_tier.py`).
 
 With `--continuous-batching` (transformers' flag), requests run together in transformers' continuous
-batching engine (`hf_hybrid_cache/continuous/`): our flags then size it (`--cache-max-bytes-mib`), set its
-page size (`--cache-block-size`) and the boundaries its prefix caching saves (`--cache-mode`); its cache is
-its own, not the store (`--store` and `--remote` serve the sequential path only).
+batching engine (`hf_hybrid_cache/continuous/`) on the same store: its pages are the store's blocks, it saves
+the boundaries the store's mode says, and it reads and writes the store's host tier, file and Redis as the
+sequential path does. `--cache-max-bytes-mib` then also sizes the engine's own paged K/V and state slots.
 
 Seams into transformers' serving (`transformers.cli.serving`), checked with transformers 5.24.0 and 5.25.0.
 On 5.25 each model runs in a spawned process of its own (`seams.SERVES_IN_MODEL_PROCESS`): its seams are named
@@ -22,7 +23,7 @@ in `serve_process.py`, which `install` then uses instead of the ones below. On 5
   gains the cached tokens of the generate that ran on those `input_ids` (`hf_hybrid_cache.cached_tokens`),
   or, under continuous batching, those its cache served the request.
 - `CBGenerateManager.init_cb` starts the engine with the server's `ContinuousBatchingConfig`: a patched
-  hybrid model gets a `HybridBatchingConfig` with our flags instead. A request longer than that engine's
+  hybrid model gets a `HybridBatchingConfig` with our flags instead (on the store its auto mode uses). A request longer than that engine's
   whole cache gets HTTP 400 naming `--cache-max-bytes-mib` (the handlers above turn the error into it).
 No server code of ours: requests, batching, cancellation on disconnect and errors are transformers'.
 """
@@ -51,9 +52,10 @@ class ServeSettings:
     """Our flags, as every path needs them (5.25 pickles them into each model's process).
 
     Attributes:
-        cache_mode: the store's and continuous batching's `mamba_cache_mode` (`CACHE_MODES`).
-        block_size: the store's block size, and continuous batching's page size.
-        max_bytes: the store's budget, and continuous batching's `max_bytes`.
+        cache_mode: the store's `mamba_cache_mode` (`CACHE_MODES`), which continuous batching follows too.
+        block_size: the store's block size, which is continuous batching's page size.
+        max_bytes: the store's budget, and continuous batching's `max_bytes` (its paged K/V and state slots).
+        host_bytes: the budget of the store's host-memory tier (0: none).
         store_path: the file the store is loaded from (if it exists) and saved to; None: no file.
         remote: a Redis URL shared by replicas; None: no remote tier.
     """
@@ -61,6 +63,7 @@ class ServeSettings:
     cache_mode: str = "branch"
     block_size: int = 64
     max_bytes: int = 1024 << 20
+    host_bytes: int = 0
     store_path: Path | None = None
     remote: str | None = None
 
@@ -68,15 +71,17 @@ class ServeSettings:
         """The store these settings describe: loaded from `store_path` if that file exists (its mode and block
         size then win over ours), else a new one."""
         if self.store_path is not None and self.store_path.exists():
-            store = PrefixStore.load(self.store_path, max_bytes=self.max_bytes, remote=self.remote)
+            store = PrefixStore.load(self.store_path, max_bytes=self.max_bytes, host_bytes=self.host_bytes,
+                                     remote=self.remote)
             print(f"hf_hybrid_cache: loaded {store.stats()['blocks']} blocks from {self.store_path}", flush=True)
             return store
         return PrefixStore(block_size=self.block_size, mamba_cache_mode=self.cache_mode, max_bytes=self.max_bytes,
-                           remote=self.remote)
+                           host_bytes=self.host_bytes, remote=self.remote)
 
     def batching_fields(self) -> dict:
-        """The `HybridBatchingConfig` fields continuous batching gets from our flags."""
-        return dict(max_bytes=self.max_bytes, page_size=self.block_size, mamba_cache_mode=self.cache_mode)
+        """The `HybridBatchingConfig` fields continuous batching gets from our flags (its store is the one the
+        served model's auto mode uses: page size and mode come from it)."""
+        return dict(max_bytes=self.max_bytes)
 
 
 # (store, file) saved after each response when `--store` is given.
@@ -280,11 +285,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-mode", choices=CACHE_MODES, default="branch")
     parser.add_argument("--cache-block-size", type=int, default=64)
     parser.add_argument("--cache-max-bytes-mib", type=int, default=1024)
+    parser.add_argument("--cache-host-mib", type=int, default=0, help="a host-memory tier of the store (0: none)")
     parser.add_argument("--store", type=Path, default=None, help="a file that keeps the store across restarts")
     parser.add_argument("--remote", default=None, help="a Redis URL shared by replicas (redis://host:6379/0)")
     ours, rest = parser.parse_known_args(argv)
     install(ServeSettings(cache_mode=ours.cache_mode, block_size=ours.cache_block_size,
-                          max_bytes=ours.cache_max_bytes_mib << 20, store_path=ours.store, remote=ours.remote))
+                          max_bytes=ours.cache_max_bytes_mib << 20, host_bytes=ours.cache_host_mib << 20,
+                          store_path=ours.store, remote=ours.remote))
     from transformers.cli.transformers import app
 
     app(["serve", *rest], prog_name="transformers")

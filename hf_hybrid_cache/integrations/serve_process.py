@@ -12,8 +12,8 @@ Seams into `transformers.cli.serving`, checked with transformers 5.25.0:
 - `model_manager.GenerateRunner` / `CBGenerateRunner`, which `EngineClient.run_engine` builds once the model
   is loaded, and which send each finished request's result to the API server (`send_results`): ours send a
   generate's with the prompt tokens a cache served it (`ServedTokens` instead of its token list,
-  `StreamServed` instead of a stream's None), the sequential one once the `--store` file is saved; continuous
-  batching starts with a `HybridBatchingConfig` from our flags (`_start_continuous_batching`).
+  `StreamServed` instead of a stream's None), once the `--store` file is saved; continuous batching starts
+  with a `HybridBatchingConfig` from our flags (`_start_continuous_batching`).
 - `EngineClient._send_request`, which hands a request's result to the handler awaiting it: the cached tokens
   go to the HTTP request's `RequestUsage` (a context variable, which a stream's task inherits), the result
   as transformers sent it.
@@ -147,12 +147,15 @@ def _save_then_terminate(signum, frame) -> None:
 
 class _Reporting:
     """What our runners add to transformers': each finished generate's result carries the prompt tokens a cache
-    served it (`_cached_tokens`). Finished results leave through `_send_finished`."""
+    served it (`_cached_tokens`). Finished results leave through `_send_finished`: with `--store`, once the
+    file is saved after them."""
 
     def __init__(self, model, processor, send_results, *args):
         self._generating: dict[int, object] = {}  # request id -> its input_ids, until its result leaves
         self._send_to_server = send_results
         self._send_finished = send_results
+        if _process is not None and _process.saves:  # with `--store`, once the file is saved
+            self._send_finished = _saving_first(send_results, _process.save)
         super().__init__(model, processor, self._send_reporting, *args)
 
     def generate(self, request_id: int, inputs: dict, generation_kwargs: dict, stream: bool) -> None:
@@ -191,12 +194,7 @@ class _Reporting:
 
 class HybridGenerateRunner(_Reporting, GenerateRunner):
     """transformers' sequential runner (one `generate` at a time, on the store through auto mode), reporting
-    cached tokens; with `--store`, a finished request's result leaves once the file is saved."""
-
-    def __init__(self, model, processor, send_results):
-        super().__init__(model, processor, send_results)
-        if _process is not None and _process.saves:
-            self._send_finished = _saving_first(send_results, _process.save)
+    cached tokens."""
 
     def generate(self, request_id: int, inputs: dict, generation_kwargs: dict, stream: bool) -> None:
         # transformers moves the inputs to the model's device as it generates: moved here, that is a no-op, and
@@ -211,7 +209,7 @@ class HybridGenerateRunner(_Reporting, GenerateRunner):
 
 class HybridCBGenerateRunner(_Reporting, CBGenerateRunner):
     """transformers' continuous batching runner, on a `HybridBatchingConfig` from our flags for a patched hybrid
-    model, reporting the prompt tokens its cache served each request."""
+    model (on the model's store), reporting the prompt tokens the store served each request."""
 
     def _start_continuous_batching(self, model, cb_config, context_length):
         config = hybrid_batching_config(model, cb_config, _process.settings.batching_fields())

@@ -7,6 +7,7 @@ model's runtime state (peft adapters).
 
 import hashlib
 
+import numpy as np
 import torch
 
 DIGEST_SIZE = 16  # 128-bit keys: collisions are out of reach for any store that fits in memory
@@ -48,6 +49,17 @@ def block_keys(
         if block_extras and block_idx in block_extras:
             parts.append(block_extras[block_idx])
         parent = digest(*parts)
+        keys.append(parent)
+    return keys
+
+
+def extend_block_keys(keys: list[bytes], root: bytes, token_ids: list[int], block_size: int, num_blocks: int) -> list[bytes]:
+    """`keys`, the keys of the first blocks of `token_ids` (a list, as continuous batching holds a request's
+    tokens), extended in place to its first `num_blocks` blocks: the keys `block_keys` gives."""
+    parent = keys[-1] if keys else root
+    for block_idx in range(len(keys), num_blocks):
+        tokens = np.asarray(token_ids[block_idx * block_size : (block_idx + 1) * block_size], dtype=np.int64)
+        parent = digest(parent, tokens.tobytes())
         keys.append(parent)
     return keys
 

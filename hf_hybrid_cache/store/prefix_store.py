@@ -181,24 +181,23 @@ class PrefixStore:
 
     # -- lookup ----------------------------------------------------------------------------------------
 
-    def lookup(self, keys: list[bytes], num_query_tokens: int, may_end_after: Container[int] | None = None) -> Hit:
+    def lookup(
+        self,
+        keys: list[bytes],
+        num_query_tokens: int,
+        may_end_after: Container[int] | None = None,
+        read_remote: bool = True,
+    ) -> Hit:
         """Pin and return the longest chain of `keys` that ends on a block with a snapshot (any block, for a
         model without recurrent layers).
 
         `keys` are the block keys of the usable prefix (the caller leaves at least one token to compute);
         `may_end_after`, if given, the numbers of blocks a hit may span (not one that cuts an image). Blocks
-        the local tiers lack are read from the remote tier, if any, outside the lock.
+        the local tiers lack are read from the remote tier, if any, outside the lock (`prefetch`), unless
+        `read_remote` is False (continuous batching prefetches off its engine's loop instead).
         """
-        if self.remote is not None and self._tiers is not None:
-            with self._lock:
-                local = self._index.match(keys)
-            if len(local) < len(keys):
-                fetched = self.remote.read_chain(keys[len(local):], needs_snapshot=self.needs_snapshots)
-                if fetched:
-                    with self._lock:
-                        parent = self._index.get(keys[len(local) - 1]) if local else None
-                        if parent is not None or not local:
-                            self._tiers.adopt_remote(parent, fetched)
+        if read_remote:
+            self.prefetch(keys)
         with self._lock:
             self._counters["queries"] += 1
             self._counters["query_tokens"] += num_query_tokens
@@ -217,6 +216,22 @@ class PrefixStore:
                 hit.blocks[-1].snapshot_used = self._index.clock
             self._counters["hit_tokens"] += best * self.block_size
             return hit
+
+    def prefetch(self, keys: list[bytes]) -> None:
+        """Read the blocks of `keys` the local tiers lack from the remote tier, if any, into the local tiers
+        (unpinned: a later `lookup` finds them unless evicted meanwhile). Outside the lock, so a slow remote
+        holds up only the caller; a dead or garbage one is a miss (`redis_tier.py`)."""
+        if self.remote is None or self._tiers is None:
+            return
+        with self._lock:
+            local = self._index.match(keys)
+        if len(local) < len(keys):
+            fetched = self.remote.read_chain(keys[len(local):], needs_snapshot=self.needs_snapshots)
+            if fetched:
+                with self._lock:
+                    parent = self._index.get(keys[len(local) - 1]) if local else None
+                    if parent is not None or not local:
+                        self._tiers.adopt_remote(parent, fetched)
 
     def count_shared(self, num_query_tokens: int, num_hit_tokens: int) -> None:
         """Count a prompt served from another row of the same call (a repeated prompt, a sample) as a query

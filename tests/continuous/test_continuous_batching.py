@@ -25,8 +25,13 @@ def greedy(max_new_tokens=NEW_TOKENS, **fields):
                                **fields})
 
 
+def store(mode="branch", **settings):
+    return hhc.PrefixStore(**{"block_size": PAGE, "mamba_cache_mode": mode, "max_bytes": 16 << 20, **settings})
+
+
 def config(**fields):
-    return hhc.HybridBatchingConfig(**{"page_size": PAGE, "max_bytes": 32 << 20, **fields})
+    """A config on a store of its own with 16-token blocks, unless `fields` give one."""
+    return hhc.HybridBatchingConfig(**{"max_bytes": 32 << 20, **fields, "store": fields.get("store") or store()})
 
 
 def cold_tokens(cold, prompt: list[int], max_new_tokens=NEW_TOKENS) -> list[int]:
@@ -41,9 +46,12 @@ def prompts_sharing(prefix_len: int, tail_lens, seed=0) -> list[list[int]]:
 
 
 class Session:
-    """A started manager; `run` submits prompts together and waits for all of them."""
+    """A started manager on a store of its own (`mode`) unless given one; `run` submits prompts together and
+    waits for all of them."""
 
-    def __init__(self, model, generation_config=None, **fields):
+    def __init__(self, model, generation_config=None, mode="branch", **fields):
+        fields.setdefault("store", store(mode))
+        self.store = fields["store"]
         self.manager = model.init_continuous_batching(generation_config=generation_config or greedy(),
                                                       continuous_batching_config=config(**fields))
         self.manager.start()
@@ -110,7 +118,7 @@ def test_a_later_request_starts_from_the_shared_prefix(layer_kinds, mode, expect
     snapshot at 64 exists in modes align (last boundary before the final prompt token) and all."""
     cold, model = layer_kinds
     first, *others = prompts_sharing(70, [5, 30, 17, 41])
-    session = Session(model, mamba_cache_mode=mode)
+    session = Session(model, mode=mode)
     try:
         outputs = session.run([first]) + session.run(others)
         for prompt, output in zip([first, *others], outputs):
@@ -129,7 +137,7 @@ def test_requests_arriving_together_compute_their_shared_prefix_once(layer_kinds
     for it and are served 64 (in mode none, nothing is saved: all compute everything)."""
     cold, model = layer_kinds
     prompts = prompts_sharing(70, [30, 40, 35, 50], seed=18)
-    session = Session(model, mamba_cache_mode=mode)
+    session = Session(model, mode=mode)
     try:
         outputs = session.run(prompts)
         for prompt, output in zip(prompts, outputs):
@@ -156,23 +164,23 @@ def test_the_next_turn_hits_a_boundary_reached_while_decoding(qwen3_5):
         session.close()
 
 
-def test_a_forward_stages_no_more_states_than_the_snapshots_keep(qwen3_5):
-    """Mode all, room for 2 snapshots: a 100-token prompt keeps its two deepest boundaries (80, 96), and a
-    prompt sharing 97 tokens is served 96."""
-    from hf_hybrid_cache.continuous.state_slots import StateSlots, linear_layer_specs
-
+def test_a_forward_reserves_no_more_snapshots_than_the_store_holds(qwen3_5):
+    """Mode all, a store with room for 6 pages and 2 snapshots: a 100-token prompt keeps its two deepest
+    boundaries (80, 96), and a prompt sharing 97 tokens is served 96."""
     cold, model = qwen3_5
-    max_bytes = 32 << 20
-    fraction = 2.5 * StateSlots.bytes_per_slot(linear_layer_specs(model)) / max_bytes
+    probe = store("all")
+    hhc.HybridPrefixCache(model, store=probe)  # binds it: its page and snapshot sizes
     first = random_tokens(100, seed=16).tolist()
     second = first[:97] + random_tokens(6, seed=17).tolist()
-    session = Session(model, mamba_cache_mode="all", snapshot_fraction=fraction, max_bytes=max_bytes)
+    session = Session(model, store=store("all", max_bytes=6 * probe.page_bytes + 2 * probe.snapshot_bytes))
     try:
         outputs = session.run([first]) + session.run([second])
         for prompt, output in zip((first, second), outputs):
             assert output.generated_tokens == cold_tokens(cold, prompt)
-        assert session.cache.snapshots.capacity == 2 and session.cache.snapshots.saved == 2  # the second reaches no new boundary
+        stats = session.store.stats()
+        assert (stats["blocks"], stats["snapshots"], stats["reserved_snapshots"]) == (6, 2, 0)
         assert session.cache.cached_tokens[outputs[1].request_id] == 96
+        session.store.check_invariants()
     finally:
         session.close()
 
@@ -244,8 +252,8 @@ def test_a_request_longer_than_the_cache_is_refused_and_the_engine_runs_on(qwen3
 
 
 def test_a_failing_forward_leaves_no_snapshot_and_no_slot(qwen3_5, monkeypatch):
-    """A forward that raises half-way (after some recurrent layers staged states) fails its requests;
-    nothing it staged becomes a snapshot and their slots are free."""
+    """A forward that raises half-way (after some recurrent layers wrote states) fails its requests; nothing of
+    it reaches the store (no block, no snapshot, no reserved slot) and their slots are free."""
     from hf_hybrid_cache.models.gated_delta_net import PrefixGatedDeltaNet
 
     cold, model = qwen3_5
@@ -259,19 +267,20 @@ def test_a_failing_forward_leaves_no_snapshot_and_no_slot(qwen3_5, monkeypatch):
         return original(self, hidden_states, cache)
 
     monkeypatch.setattr(PrefixGatedDeltaNet, "_forward_packed", failing_once)
-    session = Session(model, mamba_cache_mode="all")
+    session = Session(model, mode="all")
     try:
         failed = session.run(prompts_sharing(40, [8], seed=13))[0]
         assert failed.error is not None and "injected" in failed.error
-        assert len(session.cache.snapshots) == 0
+        stats = session.store.stats()
+        assert (stats["blocks"], stats["snapshots"], stats["reserved_snapshots"]) == (0, 0, 0)
         assert session.cache.slots.num_free == session.cache.slots.num_slots
     finally:
         session.close()  # transformers ends its loop on an error in a forward: a new manager serves the next
-    session = Session(model, mamba_cache_mode="all")
+    session = Session(model, store=session.store)
     try:
         prompt = random_tokens(50, seed=14).tolist()
         assert session.run([prompt])[0].generated_tokens == cold_tokens(cold, prompt)
-        assert len(session.cache.snapshots) == 3
+        assert session.store.stats()["snapshots"] == 3
     finally:
         session.close()
 
@@ -304,10 +313,9 @@ def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
         session.run([[5, 6, 7]])  # the cache is built by the first batch
         cache = session.cache
         slots = sum(p.nbytes for pools in (cache.slots.conv, cache.slots.recurrent) for p in pools.values())
-        snapshots = cache.snapshots.capacity * cache.snapshots.bytes_per_snapshot
         masks = 64 * (cache.max_tokens_read + 64) * model.dtype.itemsize
-        assert cache.cache_tensor.nbytes + slots + snapshots + masks <= budget
-        assert cache.cache_tensor.nbytes + slots + snapshots + masks > budget * 0.8  # the budget is used
+        assert cache.cache_tensor.nbytes + slots + masks <= budget
+        assert cache.cache_tensor.nbytes + slots + masks > budget * 0.8  # the budget is used
         assert cache.slots.num_slots == 4
     finally:
         session.close()
@@ -330,5 +338,11 @@ def test_what_cannot_run_is_refused_naming_generate(family, overrides, reason):
 def test_bad_settings_name_the_fix():
     with pytest.raises(ValueError, match="max_requests must be at least 1"):
         hhc.HybridBatchingConfig(max_requests=0)
-    with pytest.raises(ValueError, match="mamba_cache_mode must be one of"):
-        hhc.HybridBatchingConfig(mamba_cache_mode="some")
+    with pytest.raises(TypeError, match="store must be a PrefixStore or None, got str"):
+        hhc.HybridBatchingConfig(store="redis://localhost")
+
+
+def test_a_page_size_other_than_the_store_block_size_is_refused(qwen3_5):
+    _, model = qwen3_5
+    with pytest.raises(ValueError, match=r"page_size=32 differs from the prefix store's block_size=16.*PrefixStore\(block_size=32\)"):
+        model.init_continuous_batching(generation_config=greedy(), continuous_batching_config=config(page_size=32))

@@ -31,3 +31,14 @@ def test_root_separates_models_and_namespaces():
     assert len(roots) == 4
     # Length-prefixed parts: moving a byte across the boundary changes the digest.
     assert root_key(b"ab", "c") != root_key(b"a", "bc")
+
+
+def test_keys_extended_from_a_token_list_equal_the_tensor_keys():
+    """Continuous batching keys a request's token list block by block: the same keys `generate()` publishes."""
+    from hf_hybrid_cache.store.hashing import extend_block_keys
+
+    root = root_key(b"model", "tenant")
+    tokens = list(range(1000, 1043))
+    keys = extend_block_keys([], root, tokens, 8, 2)
+    assert extend_block_keys(keys, root, tokens, 8, 5) == block_keys(root, torch.tensor(tokens), 8)
+    assert len(keys) == 5
