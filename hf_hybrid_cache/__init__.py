@@ -14,7 +14,7 @@ Hugging Face transformers.
     hhc.score(model, [token_ids], logits_from=[context_len - 1])   # logits of a continuation, prefix served
 
     model.generate_batch(prompts, continuous_batching_config=hhc.HybridBatchingConfig(max_bytes=1 << 30))
-                                                     # transformers' continuous batching, states in slots
+                                                     # transformers' continuous batching, on the same store
 """
 
 from .cache import HybridPrefixCache

@@ -167,8 +167,8 @@ class HybridPagedAttentionCache(PagedAttentionCache):
         loaded from the store's pages; a load that fails or finds no room is a miss."""
         if self.link is None:
             return 0
-        tracked = self._track(request_id)
         root = self.link.root()
+        tracked = self._tracked.setdefault(request_id, _Tracked(None, root))
         if root is None:
             return 0
         if root != tracked.root:  # adapters switched since it was keyed

@@ -1,19 +1,23 @@
 """`python -m hf_hybrid_cache.serve MODEL --continuous-batching` driven by concurrent `openai` clients: four
 two-turn chats at once (two streaming) get the replies plain sequential `transformers serve` gives, each
 second turn reports cached tokens, and a client that disconnects mid-stream leaves the others correct and
-the server serving. Both servers are stopped whatever happens."""
+the server serving. On the store as the sequential server: two replicas share one real redis-server, a
+restart keeps `--store`, and a dead Redis changes no reply. Every server is stopped whatever happens."""
 
 import sys
 import threading
+import time
 
 import openai
 import pytest
-from server_support import running_servers
+from server_support import free_port, running_servers, start, stop_process_group, wait_until_up
 
 from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next
 
 SYSTEM = "You are a terse assistant. Answer in one line. " * 12  # ~600 byte-level tokens
 BLOCK = 32
+SERVE_CB = [sys.executable, "-m", "hf_hybrid_cache.serve", "--continuous-batching", "--cache-block-size", str(BLOCK),
+            "--cache-max-bytes-mib", "64"]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +27,7 @@ def servers(tmp_path_factory):
     tiny_qwen3_next(seed=0).save_pretrained(model_dir)
     tiny_byte_tokenizer().save_pretrained(model_dir)
     commands = [
-        [sys.executable, "-m", "hf_hybrid_cache.serve", str(model_dir), "--continuous-batching",
-         "--cache-block-size", str(BLOCK), "--cache-max-bytes-mib", "64"],
+        SERVE_CB[:3] + [str(model_dir)] + SERVE_CB[3:],
         [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)],
     ]
     with running_servers(commands, model_dir.parent, "cb-server") as ports:
@@ -113,3 +116,48 @@ def test_a_request_too_long_for_the_cache_fails_alone(servers):
             ours.chat.completions.create(model=model, messages=messages, max_tokens=10**7, temperature=0, stream=stream)
         assert "--cache-max-bytes-mib" in error.value.response.text
     assert reply(ours, model, messages, stream=False)[0] == reply(plain, model, messages, stream=False)[0]
+
+
+def client_on(port: int) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def test_two_replicas_share_the_system_prompt_through_redis(servers, redis_server, tmp_path):
+    """Replica B's first chat under the system prompt replica A served is served it from Redis; with Redis
+    killed, B's next reply is still plain serving's."""
+    model, _, plain = servers
+    command = SERVE_CB[:3] + [model, "--remote", redis_server.url] + SERVE_CB[3:]
+    with running_servers([command, command], tmp_path, "cb-replica") as ports:
+        replica_a, replica_b = (client_on(port) for port in ports)
+        on_a = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Asked on A."}]
+        text, usage = reply(replica_a, model, on_a, stream=False)
+        assert text == reply(plain, model, on_a, stream=False)[0] and usage.prompt_tokens_details.cached_tokens == 0
+        # A writes off the request path: wait until its blocks are in Redis before asking B.
+        client, deadline = redis_server.client(), time.monotonic() + 60
+        while len(client.keys("hhc:p:*")) < (usage.prompt_tokens - 20) // BLOCK and time.monotonic() < deadline:
+            time.sleep(0.1)
+        on_b = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Asked on B."}]
+        text, usage = reply(replica_b, model, on_b, stream=True)
+        assert text == reply(plain, model, on_b, stream=True)[0]
+        assert usage.prompt_tokens_details.cached_tokens > 600 - BLOCK  # the system prompt, from A's blocks
+        redis_server.kill()
+        on_b_again = [{"role": "system", "content": "Another system prompt. " * 10}, {"role": "user", "content": "B?"}]
+        assert reply(replica_b, model, on_b_again, stream=False)[0] == reply(plain, model, on_b_again, stream=False)[0]
+
+
+def test_store_flag_keeps_the_store_across_restarts(servers, tmp_path):
+    model = servers[0]
+    path, port = tmp_path / "cb-store.safetensors", free_port()
+    command = SERVE_CB[:3] + [model, "--store", str(path)] + SERVE_CB[3:]
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Remember this."}]
+    for run in range(2):
+        log = tmp_path / f"cb-run-{run}.log"
+        process = start(command, port, log)
+        try:
+            wait_until_up(process, port, log)
+            _, usage = reply(client_on(port), model, messages, stream=False)
+        finally:
+            stop_process_group(process)
+        # Saved after the response: the restarted server is served this chat from the file.
+        assert path.exists() and (run == 0) == (usage.prompt_tokens_details.cached_tokens == 0)
+    assert "loaded" in (tmp_path / "cb-run-1.log").read_text()
