@@ -1,4 +1,4 @@
-"""GDN and causal-conv kernels: Triton on CUDA, PyTorch on CPU, one reference per op.
+"""GDN, Mamba2 (SSD) and causal-conv kernels: Triton on CUDA, PyTorch on CPU, one reference per op.
 
 Installed as `hf_hybrid_cache.kernels` (pyproject's `package-dir`); nothing here imports transformers.
 
@@ -31,8 +31,11 @@ else:
         causal_conv1d_update,
         causal_conv1d_varlen,
         chunk_gated_delta_rule,
+        chunk_ssd,
         gated_delta_rule_varlen,
         recurrent_gated_delta_rule,
+        recurrent_ssd,
+        ssd_varlen,
     )
 
     from .dispatch import __all__  # noqa: F401 - the public ops, listed once in dispatch.py

@@ -121,3 +121,30 @@ def check_varlen(total_len: int, cu_seqlens, states: torch.Tensor, state_indices
         for offsets, begin, end in zip(checkpoint_offsets, cu_seqlens, cu_seqlens[1:])
     ]
     return cu_seqlens, state_indices, [bool(x) for x in has_initial_state], checkpoint_offsets
+
+
+def check_ssd(x, dt, A, B, C, D, dt_bias, dt_limit, state=None, state_name="initial_state") -> None:
+    """x `[B, T, H, P]`; dt `[B, T, H]`; A, D, dt_bias `[H]`; B, C `[B, T, G, N]` with H % G == 0; dt_limit
+    (min, max); state `[B, H, P, N]`."""
+    _ndim("x", x, 4, "[B, T, H, P]")
+    _ndim("B", B, 4, "[B, T, G, N]")
+    batch_size, seq_len, num_heads, head_dim = x.shape
+    num_groups, state_size = B.shape[2:]
+    if seq_len < 1:
+        raise ValueError("the sequence is empty (T = 0); skip the call instead")
+    _shape("B", B, (batch_size, seq_len, num_groups, state_size), "[B, T, G, N] (B, T as x)")
+    _shape("C", C, B.shape, "[B, T, G, N] (as B)")
+    if num_heads % num_groups:
+        raise ValueError(f"H = {num_heads} heads must be a multiple of G = {num_groups} groups")
+    _shape("dt", dt, (batch_size, seq_len, num_heads), "[B, T, H]")
+    for name, param in (("A", A), ("D", D), ("dt_bias", dt_bias)):
+        if param is not None:
+            _shape(name, param, (num_heads,), "[H]")
+    if len(dt_limit) != 2 or not dt_limit[0] <= dt_limit[1]:
+        raise ValueError(f"dt_limit must be (min, max) with min <= max, got {dt_limit!r}")
+    if state is not None:
+        _shape(state_name, state, (batch_size, num_heads, head_dim, state_size), "[B, H, P, N]")
+    _floating(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, **{state_name: state})
+    if B.dtype != C.dtype:
+        raise TypeError(f"B and C must share one dtype, got {B.dtype} and {C.dtype}; cast them alike")
+    _same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, **{state_name: state})

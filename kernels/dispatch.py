@@ -14,13 +14,15 @@ from .checks import (
     check_causal_conv1d,
     check_gated_delta_rule,
     check_recurrent_state,
+    check_ssd,
     check_varlen,
     normalize_offsets,
 )
 from .chunk_cpu import chunk_gated_delta_rule_cpu
 from .conv_cpu import causal_conv1d_cpu, causal_conv1d_update_cpu
 from .recurrent_cpu import recurrent_gated_delta_rule_cpu
-from .varlen import causal_conv1d_varlen_impl, gated_delta_rule_varlen_impl
+from .ssd_cpu import chunk_ssd_cpu, recurrent_ssd_cpu
+from .varlen import causal_conv1d_varlen_impl, gated_delta_rule_varlen_impl, ssd_varlen_impl
 
 # op name -> the module holding its `<op>_triton` launcher
 _TRITON_MODULES = {
@@ -28,9 +30,11 @@ _TRITON_MODULES = {
     "recurrent_gated_delta_rule": "recurrent_triton",
     "causal_conv1d": "conv_triton",
     "causal_conv1d_update": "conv_triton",
+    "chunk_ssd": "ssd_triton",
+    "recurrent_ssd": "ssd_triton",
 }
 # Public ops composed of the ones above (`varlen.py`): they run those ops' launchers, none of their own.
-COMPOSED_OPS = ("causal_conv1d_varlen", "gated_delta_rule_varlen")
+COMPOSED_OPS = ("causal_conv1d_varlen", "gated_delta_rule_varlen", "ssd_varlen")
 
 
 def _triton_launcher(op: str):
@@ -187,11 +191,80 @@ def gated_delta_rule_varlen(
     )
 
 
+NO_DT_LIMIT = (0.0, float("inf"))
+
+
+@_without_autocast
+def chunk_ssd(
+    x, dt, A, B, C, D=None, dt_bias=None, dt_limit=NO_DT_LIMIT, initial_state=None, checkpoint_offsets=()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mamba2's selective state space scan (SSD) over a whole sequence, with the states after each checkpoint
+    offset, in one pass.
+
+    Args:
+        x: `[B, T, H, P]`; dt: `[B, T, H]`, the step size before `dt_bias` and softplus; A: `[H]` (negative,
+            -exp(A_log)); B, C: `[B, T, G, N]` with H a multiple of G (head h reads group h // (H // G));
+            D (the skip), dt_bias: `[H]` or None. dt_limit: (min, max) of the step size after softplus.
+        initial_state: `[B, H, P, N]` or None (zeros), as transformers keeps it.
+        checkpoint_offsets: strictly increasing ints in [1, T], any positions.
+
+    Returns:
+        y `[B, T, H, P]` in x's dtype (the skip included), the final state `[B, H, P, N]` fp32, and the
+        checkpoint states `[len(checkpoint_offsets), B, H, P, N]` fp32.
+    """
+    check_ssd(x, dt, A, B, C, D, dt_bias, dt_limit, state=initial_state)
+    checkpoint_offsets = normalize_offsets(checkpoint_offsets, seq_len=x.shape[1])
+    impl = _triton_launcher("chunk_ssd") if x.is_cuda else chunk_ssd_cpu
+    return impl(x, dt, A, B, C, D, dt_bias, dt_limit, initial_state=initial_state, checkpoint_offsets=checkpoint_offsets)
+
+
+@_without_autocast
+def recurrent_ssd(x, dt, A, B, C, D=None, dt_bias=None, dt_limit=NO_DT_LIMIT, *, state) -> torch.Tensor:
+    """Decode step(s), T small: shapes as `chunk_ssd`; `state` `[B, H, P, N]` fp32 updated in place (its address
+    never changes). Returns y `[B, T, H, P]` in x's dtype."""
+    check_ssd(x, dt, A, B, C, D, dt_bias, dt_limit, state=state, state_name="state")
+    check_recurrent_state(state)
+    impl = _triton_launcher("recurrent_ssd") if x.is_cuda else recurrent_ssd_cpu
+    return impl(x, dt, A, B, C, D, dt_bias, dt_limit, state)
+
+
+@_without_autocast
+def ssd_varlen(
+    x, dt, A, B, C, D, dt_bias, dt_limit, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba2's scan over packed sequences, each starting from its slot of a state pool (continuous batching):
+    single-token sequences in one batched recurrent call, longer ones chunked one by one.
+
+    Args:
+        x: `[1, T, H, P]`; dt: `[1, T, H]`; B, C: `[1, T, G, N]` (as `chunk_ssd`, packed); A, D, dt_bias, dt_limit
+            as `chunk_ssd`. cu_seqlens, state_indices, has_initial_state, checkpoint_offsets: as
+            `causal_conv1d_varlen`. states: `[S, H, P, N]` fp32, the pool, updated in place.
+
+    Returns:
+        y `[1, T, H, P]` in x's dtype and the checkpoint states `[sum of the lists' lengths, H, P, N]` fp32.
+    """
+    check_ssd(x, dt, A, B, C, D, dt_bias, dt_limit)
+    check_recurrent_state(states)
+    if x.shape[0] != 1 or states.shape[1:] != (x.shape[2], x.shape[3], B.shape[3]):
+        raise ValueError(f"x must be one packed row [1, T, H, P] and states [S, H, P, N] = [S, {x.shape[2]}, "
+                         f"{x.shape[3]}, {B.shape[3]}], got {list(x.shape)} and {list(states.shape)}")
+    cu_seqlens, state_indices, has_initial_state, checkpoint_offsets = check_varlen(
+        x.shape[1], cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets
+    )
+    return ssd_varlen_impl(
+        x, dt, A, B, C, D, dt_bias, dt_limit, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets,
+        ops=(chunk_ssd, recurrent_ssd),
+    )
+
+
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
     "causal_conv1d_varlen",
     "chunk_gated_delta_rule",
+    "chunk_ssd",
     "gated_delta_rule_varlen",
     "recurrent_gated_delta_rule",
+    "recurrent_ssd",
+    "ssd_varlen",
 ]

@@ -140,3 +140,70 @@ def causal_conv1d_update_ref(
     out, new_state, _ = causal_conv1d_ref(x, weight, bias, conv_state=conv_state, activation=activation)
     conv_state.copy_(new_state)
     return out
+
+
+def discretized_dt(dt: torch.Tensor, dt_bias: torch.Tensor | None, dt_limit: tuple[float, float]) -> torch.Tensor:
+    """Mamba2's step size: softplus(dt + dt_bias) clamped to `dt_limit`, in fp32. dt `[..., H]`."""
+    dt = dt.float() + (0.0 if dt_bias is None else dt_bias.float())
+    return F.softplus(dt).clamp(min=dt_limit[0], max=dt_limit[1])
+
+
+def chunk_ssd_ref(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    initial_state: torch.Tensor | None = None,
+    checkpoint_offsets: list[int] | tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mamba2's selective state space scan (SSD), one token at a time, in fp32.
+
+    Per head h (group g = h // (H // G)) and token t, with S `[P, N]`:
+        d = softplus(dt_t + dt_bias) clamped;  S = exp(d A) S + d x_t B_t^T;  y_t = S C_t + D x_t
+
+    Args:
+        x: `[B, T, H, P]`; dt: `[B, T, H]` (before bias and softplus); A: `[H]` (negative: -exp(A_log));
+            B, C: `[B, T, G, N]` with H a multiple of G; D, dt_bias: `[H]` or None.
+        dt_limit: (min, max) of the step size after softplus.
+        initial_state: `[B, H, P, N]` or None (zeros).
+        checkpoint_offsets: strictly increasing ints in [1, T]: also return the state after that many tokens.
+
+    Returns:
+        y `[B, T, H, P]` in x's dtype, the final state `[B, H, P, N]` fp32, and the checkpoint states
+        `[len(checkpoint_offsets), B, H, P, N]` fp32.
+    """
+    batch_size, seq_len, num_heads, head_dim = x.shape
+    group_size = num_heads // B.shape[2]
+    B, C = (t.float().repeat_interleave(group_size, dim=2) for t in (B, C))
+    step = discretized_dt(dt, dt_bias, dt_limit)
+    decay = torch.exp(step * A.float())  # [B, T, H]
+    state = (
+        torch.zeros(batch_size, num_heads, head_dim, B.shape[-1], dtype=torch.float32, device=x.device)
+        if initial_state is None
+        else initial_state.float().clone()
+    )
+    outputs, checkpoints, wanted = [], [], set(checkpoint_offsets)
+    for t in range(seq_len):
+        update = (step[:, t, :, None] * x[:, t].float())[..., None] * B[:, t, :, None, :]
+        state = decay[:, t, :, None, None] * state + update
+        y = torch.einsum("bhpn,bhn->bhp", state, C[:, t])
+        if D is not None:
+            y = y + D.float()[:, None] * x[:, t].float()
+        outputs.append(y)
+        if t + 1 in wanted:
+            checkpoints.append(state.clone())
+    checkpoint_states = (
+        torch.stack(checkpoints) if checkpoints else _empty_checkpoints(batch_size, *state.shape[1:], like=state)
+    )
+    return torch.stack(outputs, dim=1).to(x.dtype), state, checkpoint_states
+
+
+def recurrent_ssd_ref(x, dt, A, B, C, D, dt_bias, dt_limit, state) -> torch.Tensor:
+    """A few decode steps; `state` `[B, H, P, N]` fp32 is updated in place. Returns y `[B, T, H, P]`."""
+    y, final_state, _ = chunk_ssd_ref(x, dt, A, B, C, D, dt_bias, dt_limit, initial_state=state)
+    state.copy_(final_state)
+    return y

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.accelerate import force_accelerate_hooks
 
-from .. import kernels, seams
-from .one_pass import OnePassMixer, runs_on_transformers
+from .. import kernels
+from .one_pass import OnePassMixer, cached_causal_conv, runs_on_transformers, scan_and_record
 
 
 @dataclass
@@ -62,28 +62,8 @@ class PrefixGatedDeltaNet(OnePassMixer):
         offsets = recorder.snapshot_offsets(self.layer_idx, seq_len) if recorder is not None else []
 
         inputs = self.project(hidden_states)
-        conv_weight = self.conv1d.weight.squeeze(1)
         decoding = conv_state is not None and recurrent_state is not None and seq_len == 1
-        if decoding:
-            conv_out = kernels.causal_conv1d_update(
-                inputs.mixed_qkv, conv_state, conv_weight, self.conv1d.bias, activation=self.activation
-            )
-            seams.count_unseen_tokens(cache, self.layer_idx, 1)
-        else:
-            conv_out, _, conv_checkpoints = kernels.causal_conv1d(
-                inputs.mixed_qkv,
-                conv_weight,
-                self.conv1d.bias,
-                conv_state=conv_state,
-                activation=self.activation,
-                checkpoint_offsets=offsets,
-            )
-            if cache is not None:
-                # The cache keeps the last conv_kernel_size inputs; handing it only those avoids a copy of
-                # the whole step in `update_conv_state`'s concatenation.
-                handed = inputs.mixed_qkv[..., -self.conv_kernel_size :]
-                cache.update_conv_state(handed, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
-                seams.count_unseen_tokens(cache, self.layer_idx, seq_len - handed.shape[-1])
+        conv_out, conv_checkpoints = cached_causal_conv(self, inputs.mixed_qkv, cache, offsets, decoding, self.activation)
 
         query, key, value = torch.split(conv_out.transpose(1, 2), [self.key_dim, self.key_dim, self.value_dim], dim=-1)
         query = query.reshape(batch_size, seq_len, -1, self.head_k_dim)
@@ -98,9 +78,14 @@ class PrefixGatedDeltaNet(OnePassMixer):
         elif not offsets:
             core_out, final_state, _ = kernels.chunk_gated_delta_rule(query, key, value, g, beta, initial_state=recurrent_state)
         else:
-            core_out, final_state = self._chunk_and_record(
-                recorder, (query, key, value, g, beta), recurrent_state, offsets, conv_checkpoints
-            )
+            scanned = (query, key, value, g, beta)
+
+            def scan(begin, end, state, checkpoint_offsets):
+                return kernels.chunk_gated_delta_rule(*(x[:, begin:end] for x in scanned), initial_state=state,
+                                                      checkpoint_offsets=checkpoint_offsets)
+
+            core_out, final_state = scan_and_record(recorder, self.layer_idx, scan, seq_len, recurrent_state, offsets,
+                                                    conv_checkpoints)
         if cache is not None and not decoding:
             cache.update_recurrent_state(final_state, self.layer_idx)
         return self.gate_and_project_out(core_out, inputs.gate)
@@ -128,29 +113,3 @@ class PrefixGatedDeltaNet(OnePassMixer):
         )
         cache.stage_checkpoints(self.layer_idx, conv_checkpoints, checkpoints)
         return self.gate_and_project_out(core_out, inputs.gate)
-
-    def _chunk_and_record(self, recorder, inputs, initial_state, offsets: list[int], conv_checkpoints: torch.Tensor):
-        """The gated delta rule over the step, handing the recorder the states at `offsets`; in segments of at
-        most `recorder.max_offsets_per_call` checkpoints each, so that the states computed but not yet in their
-        slots never exceed one snapshot's worth however long the step.
-
-        Args:
-            inputs: q, k, v, g, beta of the whole step (`[batch, seq_len, ...]`, see `kernels.chunk_gated_delta_rule`).
-            conv_checkpoints: `[len(offsets), batch, conv_dim, conv_width]`.
-
-        Returns:
-            the output `[batch, seq_len, num_v_heads, head_v_dim]` and the final state.
-        """
-        seq_len = inputs[0].shape[1]
-        limit = recorder.max_offsets_per_call
-        outputs, state, begin = [], initial_state, 0
-        for first in range(0, len(offsets), limit):
-            group = offsets[first : first + limit]
-            end = group[-1] if first + limit < len(offsets) else seq_len
-            out, state, checkpoints = kernels.chunk_gated_delta_rule(
-                *(x[:, begin:end] for x in inputs), initial_state=state, checkpoint_offsets=[o - begin for o in group]
-            )
-            recorder.record_states(self.layer_idx, group, conv_checkpoints[first : first + limit], checkpoints)
-            outputs.append(out)
-            begin = end
-        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)), state

@@ -9,8 +9,8 @@ and attributes it uses (`in_proj`, `conv`, `out_proj`, `conv_kernel_size`, `laye
 import torch
 from transformers.integrations.accelerate import force_accelerate_hooks
 
-from .. import kernels, seams
-from .one_pass import OnePassMixer, runs_on_transformers
+from .. import kernels
+from .one_pass import OnePassMixer, cached_causal_conv, runs_on_transformers
 
 
 class PrefixShortConv(OnePassMixer):
@@ -29,24 +29,12 @@ class PrefixShortConv(OnePassMixer):
         seq_len = hidden_states.shape[1]
         gate_in, gate_out, x = self.in_proj(hidden_states).transpose(1, 2).chunk(3, dim=1)  # each [batch, hidden, seq_len]
         gated = gate_in * x
-        conv_state = cache.get_conv_state(self.layer_idx) if cache is not None else None
         recorder = cache if hasattr(cache, "record_states") else None
         offsets = recorder.snapshot_offsets(self.layer_idx, seq_len) if recorder is not None else []
-        weight = self.conv.weight.squeeze(1)
-        if conv_state is not None and seq_len == 1:
-            conv_out = kernels.causal_conv1d_update(gated, conv_state, weight, self.conv.bias, activation=None)
-            seams.count_unseen_tokens(cache, self.layer_idx, 1)
-        else:
-            conv_out, _, checkpoints = kernels.causal_conv1d(
-                gated, weight, self.conv.bias, conv_state=conv_state, activation=None, checkpoint_offsets=offsets
-            )
-            if cache is not None:
-                # As in `gated_delta_net.py`: the cache keeps the last conv_kernel_size inputs, handed alone.
-                handed = gated[..., -self.conv_kernel_size :]
-                cache.update_conv_state(handed, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
-                seams.count_unseen_tokens(cache, self.layer_idx, seq_len - handed.shape[-1])
-            if offsets:
-                recorder.record_states(self.layer_idx, offsets, checkpoints, None)
+        decoding = cache is not None and cache.get_conv_state(self.layer_idx) is not None and seq_len == 1
+        conv_out, checkpoints = cached_causal_conv(self, gated, cache, offsets, decoding, activation=None)
+        if offsets:
+            recorder.record_states(self.layer_idx, offsets, checkpoints, None)
         return self.out_proj((gate_out * conv_out).transpose(1, 2).contiguous())
 
     def _forward_packed(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
