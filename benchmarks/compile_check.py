@@ -3,7 +3,8 @@ launch options its launcher would pick on that architecture, and reports registe
 kernel needs) and shared memory per block. No GPU needed: triton's compiler and the wheel's ptxas and cuobjdump
 do it all on a CPU.
 
-    .venv/bin/python benchmarks/compile_check.py [--shapes qwen3_next qwen3_5 test lfm2] [--archs 80 86 89 90] [--json]
+    .venv/bin/python benchmarks/compile_check.py [--shapes qwen3_next qwen3_5 test lfm2 nemotron_h granite_4_h falcon_h1 ssd_test]
+        [--archs 80 86 89 90] [--json]
 
 A row is clean when it compiled, spills at most 64 bytes and its shared memory fits the architecture's
 per-block limit. Exits 1 if any row is not clean.
@@ -27,7 +28,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_hybrid_cache.kernels import chunk_triton, conv_triton, launch, recurrent_triton  # noqa: E402
+from hf_hybrid_cache.kernels import chunk_triton, conv_triton, launch, recurrent_triton, ssd_triton  # noqa: E402
 
 ARCHS = (80, 86, 89, 90)
 SHARED_LIMIT = {80: 163 << 10, 86: 99 << 10, 89: 99 << 10, 90: 227 << 10}  # bytes per block
@@ -42,6 +43,14 @@ SHAPES = {
 # (conv width, dtype) of the short convs our one-pass adapters run with no SiLU and no bias (LFM2 / LFM2-MoE
 # checkpoints: conv_L_cache 3, conv_bias false); the channel count is a runtime argument.
 SHORT_CONV_SHAPES = {"lfm2": (3, "bf16")}
+# (heads, head dim, groups, state size, dtype) of the Mamba2 layers: Nemotron-H-8B (transformers' config defaults),
+# Granite 4.0-H-Small (its published config) and Falcon-H1-7B (d_ssm 3072 over 24 heads of 128, state 256).
+SSD_SHAPES = {
+    "nemotron_h": (128, 64, 8, 128, "bf16"),
+    "granite_4_h": (128, 64, 1, 128, "bf16"),
+    "falcon_h1": (24, 128, 1, 256, "bf16"),
+    "ssd_test": (2, 24, 2, 64, "fp32"),  # fp32 and an odd head dim (fp32 from N = 128 on spills: see chunk_config)
+}
 
 
 @dataclass
@@ -66,6 +75,9 @@ def specs(shape: str, arch: int):
     if shape in SHORT_CONV_SHAPES:
         width, dtype = SHORT_CONV_SHAPES[shape]
         yield from conv_specs(f"*{dtype}", width, silu=False, bias=False)
+        return
+    if shape in SSD_SHAPES:  # their conv (width 4, SiLU, bias) is the GDN shapes' own, channels a runtime argument
+        yield from ssd_specs(*SSD_SHAPES[shape])
         return
     num_k_heads, num_v_heads, k_dim, v_dim, conv_dim, dtype = SHAPES[shape]
     data = f"*{dtype}"
@@ -100,6 +112,25 @@ def specs(shape: str, arch: int):
                dict(HK=num_k_heads, HV=num_v_heads, K=k_dim, V=v_dim, BK=launch.block_size(k_dim),
                     BV=min(launch.block_size(v_dim), recurrent_triton.BLOCK_V), USE_QK_L2NORM=True), num_warps=4, num_stages=3)
     yield from conv_specs(data, width=4, silu=True, bias=True)
+
+
+def ssd_specs(num_heads: int, head_dim: int, num_groups: int, state_size: int, dtype: str):
+    """Mamba2's SSD scan: the chunked kernel (with and without an initial state) and the decode step."""
+    data, fp32 = f"*{dtype}", "*fp32"
+    config = ssd_triton.chunk_config(head_dim, state_size, _torch_dtype(dtype))
+    dims = dict(H=num_heads, G=num_groups, P=head_dim, N=state_size, BN=launch.block_size(state_size), HAS_D=True,
+                HAS_BIAS=True)
+    tensors = dict(x=data, dt=data, A=fp32, B=data, C=data, D=fp32, dt_bias=fp32)
+    for initial_state in (True, False):
+        yield Spec(f"ssd_chunk{'' if initial_state else ' (no h0)'}", ssd_triton.chunk_ssd_kernel,
+                   dict(**tensors, initial_state=fp32, y=data, final_state=fp32, checkpoints=fp32, bounds="*i32",
+                        checkpoint_index="*i32", num_chunks="i32", T="i32", dt_min="fp32", dt_max="fp32"),
+                   dict(BATCH=1, BT=config.chunk_size, BP=config.block_p, HAS_INITIAL=initial_state,
+                        DOT_PRECISION=launch.dot_precision(_torch_dtype(dtype)), **dims),
+                   num_warps=config.num_warps, num_stages=1)
+    yield Spec("ssd_recurrent", ssd_triton.recurrent_ssd_kernel,
+               dict(**tensors, state=fp32, y=data, T="i32", dt_min="fp32", dt_max="fp32"),
+               dict(BP=min(launch.block_size(head_dim), ssd_triton.BLOCK_P), **dims), num_warps=4, num_stages=3)
 
 
 def conv_specs(data: str, width: int, silu: bool, bias: bool):
@@ -175,7 +206,8 @@ def is_clean(row: dict) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", choices=[*SHAPES, *SHORT_CONV_SHAPES], default=[*SHAPES, *SHORT_CONV_SHAPES])
+    every_shape = [*SHAPES, *SHORT_CONV_SHAPES, *SSD_SHAPES]
+    parser.add_argument("--shapes", nargs="+", choices=every_shape, default=every_shape)
     parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--kernels", nargs="+", default=None, help="only these kernels (names as in the table)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")

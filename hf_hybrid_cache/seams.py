@@ -93,9 +93,10 @@ def count_unseen_tokens(cache, layer_idx: int, num_tokens: int) -> None:
         cache.layers[layer_idx].cumulative_length_linear.add_(num_tokens)
 
 
-def cb_bytes_per_block(text_config, dtype: torch.dtype, page_size: int) -> int:
-    """The bytes transformers' continuous batching counts per block of `num_blocks`, for a config whose layers our
-    grouping (`continuous/engine.py`) gives to the attention allocators only (see above)."""
+def cb_bytes_per_block(text_config, dtype: torch.dtype, page_size: int, num_attention_layers: int) -> int:
+    """The bytes transformers' continuous batching counts per block of `num_blocks`, for a config whose
+    `num_attention_layers` layers our grouping (`continuous/engine.py`) gives to the attention allocators (see
+    above)."""
     from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
     from transformers.generation.continuous_batching.utils import find_head_dim, find_num_key_value_heads
 
@@ -103,5 +104,5 @@ def cb_bytes_per_block(text_config, dtype: torch.dtype, page_size: int) -> int:
         find_num_key_value_heads(text_config), find_head_dim(text_config), dtype, page_size
     )
     if CB_BLOCKS_COUNT_ALLOCATED_LAYERS:
-        return page * sum(t in ("full_attention", "sliding_attention") for t in text_config.layer_types)
+        return page * num_attention_layers
     return page * text_config.num_hidden_layers

@@ -10,6 +10,8 @@ chunk-end state, stored where the chunk table says.
 Imports triton: load it lazily (see `dispatch.py`). Arguments are checked in `checks.py` first.
 """
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -17,8 +19,30 @@ import triton.language as tl
 from .launch import block_size, check_contiguous, check_device, dot_precision
 from .ssd_cpu import CHUNK_SIZE, chunk_bounds
 
-# Head-dim columns per program: P / BP programs per head keep the [BP, N] state tile within registers at N = 256.
+# Head-dim columns per program of the decode step: B * H * P / BP programs for one token.
 BLOCK_P = 32
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Tiles and launch options of the chunked kernel for a state size: the [block_p, N] state tile and the
+    [chunk_size, N] B and C tiles stay in registers (benchmarks/compile_check.py)."""
+
+    chunk_size: int
+    block_p: int
+    num_warps: int
+
+
+def chunk_config(head_dim: int, state_size: int, dtype: torch.dtype) -> ChunkConfig:
+    """Chosen with benchmarks/compile_check.py: no spill on sm_80-90 for half inputs up to N = 256, and for fp32
+    inputs up to N = 64. fp32 inputs multiply in tf32x3, whose split operands take about three times the
+    registers: from N = 128 on they spill (about 100 B at N = 128, kilobytes at 256), which costs speed only."""
+    block_p = min(block_size(head_dim), 16)
+    if state_size <= 64:
+        return ChunkConfig(32 if dtype == torch.float32 else CHUNK_SIZE, block_p, 8)
+    if state_size <= 128 and dtype != torch.float32:
+        return ChunkConfig(32, block_p, 8)
+    return ChunkConfig(16, block_p, 8)
 
 
 @triton.jit
@@ -138,7 +162,8 @@ def chunk_ssd_triton(
     x, dt, B, C = (t.contiguous() for t in (x, dt, B, C))
     batch_size, seq_len, num_heads, head_dim = x.shape
     num_groups, state_size = B.shape[2:]
-    bounds = chunk_bounds(seq_len, tuple(checkpoint_offsets), CHUNK_SIZE)
+    config = chunk_config(head_dim, state_size, x.dtype)
+    bounds = chunk_bounds(seq_len, tuple(checkpoint_offsets), config.chunk_size)
     index = {offset: i for i, offset in enumerate(checkpoint_offsets)}
     checkpoint_index = [index.get(end, -1) for end in bounds[1:]]
     y = torch.empty_like(x)
@@ -146,16 +171,15 @@ def chunk_ssd_triton(
     checkpoints = x.new_empty(len(checkpoint_offsets), *final_state.shape, dtype=torch.float32)
     A, D_, bias = _parameters(A, D, dt_bias)
     initial = final_state if initial_state is None else initial_state.float().contiguous()
-    block_p = min(block_size(head_dim), BLOCK_P)
-    chunk_ssd_kernel[(triton.cdiv(head_dim, block_p), batch_size * num_heads)](
+    chunk_ssd_kernel[(triton.cdiv(head_dim, config.block_p), batch_size * num_heads)](
         x, dt, A, B, C, D_, bias, initial, y, final_state, checkpoints,
         torch.tensor(bounds, dtype=torch.int32, device=x.device),
         torch.tensor(checkpoint_index, dtype=torch.int32, device=x.device),
         len(bounds) - 1, seq_len, float(dt_limit[0]), float(dt_limit[1]),
         BATCH=batch_size, H=num_heads, G=num_groups, P=head_dim, N=state_size,
-        BT=block_size(min(CHUNK_SIZE, max(b - a for a, b in zip(bounds, bounds[1:])))), BP=block_p,
+        BT=block_size(max(b - a for a, b in zip(bounds, bounds[1:]))), BP=config.block_p,
         BN=block_size(state_size), HAS_D=D is not None, HAS_BIAS=dt_bias is not None,
-        HAS_INITIAL=initial_state is not None, DOT_PRECISION=dot_precision(x.dtype),
+        HAS_INITIAL=initial_state is not None, DOT_PRECISION=dot_precision(x.dtype), num_warps=config.num_warps,
     )
     return y, final_state, checkpoints
 

@@ -34,13 +34,18 @@ from transformers.modeling_utils import AttentionInterface
 
 from .. import seams
 from ..integrations.auto import store_of
+from ..kernels.dispatch import NO_DT_LIMIT
+from ..models.mamba2 import PrefixMamba2Mixer
 from ..store.prefix_store import PrefixStore, get_default_store
 from .paged_cache import PACKED_BATCH, HybridPagedAttentionCache
 from .state_slots import LinearLayerSpec, StateSlots, linear_layer_specs
 from .store_link import StoreLink
 
-RECURRENT_LAYER_TYPES = ("linear_attention", "conv")  # GatedDeltaNets, LFM2's short convs
-ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+RECURRENT_LAYER_TYPES = ("linear_attention", "conv")  # GatedDeltaNets, Mamba2 mixers, LFM2's short convs
+# The attention type of each layer type with K/V; "hybrid": Falcon-H1's and Zamba2's layers, attention beside a
+# Mamba2 mixer (a K/V block and a state slot).
+ATTENTION_OF = {"full_attention": "full_attention", "sliding_attention": "sliding_attention", "hybrid": "full_attention"}
+CACHELESS_LAYER_TYPES = ("mlp", "moe")  # Nemotron-H's feed-forward layers
 DEFAULT_CPU_MAX_BYTES = 256 << 20
 DEFAULT_CPU_MAX_BATCH_TOKENS = 256
 DEFAULT_MAX_REQUESTS = 16
@@ -117,8 +122,8 @@ def _group_layers(original):
             return original(config)
         groups = {}
         for index, layer_type in enumerate(config.layer_types):
-            if layer_type in ATTENTION_LAYER_TYPES:
-                groups.setdefault(layer_type, []).append(index)
+            if layer_type in ATTENTION_OF:
+                groups.setdefault(ATTENTION_OF[layer_type], []).append(index)
         return groups
 
     group_layers_by_attn_type.hf_hybrid_cache = True
@@ -168,13 +173,13 @@ def _install_seams() -> None:
 
 def _check_layer_types(model, text_config) -> None:
     layer_types = set(text_config.layer_types)
-    unsupported = sorted(layer_types - set(RECURRENT_LAYER_TYPES) - set(ATTENTION_LAYER_TYPES))
+    unsupported = sorted(layer_types - set(RECURRENT_LAYER_TYPES) - set(ATTENTION_OF) - set(CACHELESS_LAYER_TYPES))
     if unsupported:
         raise ValueError(
             f"{type(model).__name__} has {', '.join(unsupported)} layers, which transformers' continuous batching "
             "has no allocator for; use model.generate() (cached by hf_hybrid_cache) instead"
         )
-    attention_types = sorted(layer_types & set(ATTENTION_LAYER_TYPES))
+    attention_types = sorted({ATTENTION_OF[t] for t in layer_types if t in ATTENTION_OF})
     if len(attention_types) > 1:
         # The engine then hands the model one attention mask per attention type, and the model looks one up
         # for its recurrent layers' type too (LFM3 with sliding-window layers).
@@ -183,11 +188,23 @@ def _check_layer_types(model, text_config) -> None:
             "transformers' continuous batching passes masks per attention type only; use model.generate() "
             "(cached by hf_hybrid_cache) instead"
         )
+    limits = {tuple(m.time_step_limit) for m in model.modules() if isinstance(m, PrefixMamba2Mixer) and m.time_step_limit}
+    if limits - {NO_DT_LIMIT}:
+        # transformers clamps the step size in a prefill but not in a decode step; the packed scan cannot tell a
+        # one-token prefill chunk from a decode step apart as transformers does.
+        raise ValueError(
+            f"{type(model).__name__} has Mamba2 layers with time_step_limit={sorted(limits - {NO_DT_LIMIT})[0]}, "
+            "which continuous batching does not run exactly; use model.generate() (cached by hf_hybrid_cache) instead"
+        )
+
+
+def _num_attention_layers(text_config) -> int:
+    return sum(t in ATTENTION_OF for t in text_config.layer_types)
 
 
 def _kv_bytes_per_token(text_config, dtype: torch.dtype) -> int:
     """Paged K/V bytes per token of every attention layer (transformers' page layout)."""
-    num_attention = sum(t in ATTENTION_LAYER_TYPES for t in text_config.layer_types)
+    num_attention = _num_attention_layers(text_config)
     page = FullAttentionCacheAllocator.get_bytes_per_page(find_num_key_value_heads(text_config), find_head_dim(text_config), dtype, 1)
     return num_attention * page
 
@@ -253,7 +270,8 @@ def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingCon
         # `num_blocks` differs between releases.)
         attention_block = kv_per_token * config.page_size
         bytes_per_sector = math.lcm(attention_block, 128)
-        bytes_per_block = seams.cb_bytes_per_block(text_config, model.dtype, config.page_size)
+        bytes_per_block = seams.cb_bytes_per_block(text_config, model.dtype, config.page_size,
+                                                   _num_attention_layers(text_config))
         num_sectors = max(1, tokens * kv_per_token // bytes_per_sector)
         config.num_blocks = max(1, num_sectors * bytes_per_sector // bytes_per_block)
         num_sectors = max(1, math.ceil(config.num_blocks * bytes_per_block / bytes_per_sector))

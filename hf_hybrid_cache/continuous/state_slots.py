@@ -10,7 +10,8 @@ import torch
 @dataclass(frozen=True)
 class LinearLayerSpec:
     """One recurrent layer's state: conv `[conv_dim, conv_width]` in the model's dtype and, for a GatedDeltaNet,
-    recurrent `[num_v_heads, head_k_dim, head_v_dim]` in fp32 (what the kernels keep); a short conv has none."""
+    recurrent `[num_v_heads, head_k_dim, head_v_dim]` (a Mamba2 mixer: `[num_heads, head_dim, ssm_state_size]`) in
+    fp32 (what the kernels keep); a short conv has none."""
 
     conv_shape: tuple[int, int]
     recurrent_shape: tuple[int, int, int] | None
@@ -24,8 +25,10 @@ class LinearLayerSpec:
 
 
 def linear_layer_specs(model) -> dict[int, LinearLayerSpec]:
-    """layer index -> spec, for every one-pass mixer `hhc.patch` swapped in (GatedDeltaNets, short convs)."""
+    """layer index -> spec, for every one-pass mixer `hhc.patch` swapped in (GatedDeltaNets, Mamba2 mixers, short
+    convs)."""
     from ..models.gated_delta_net import PrefixGatedDeltaNet
+    from ..models.mamba2 import PrefixMamba2Mixer
     from ..models.short_conv import PrefixShortConv
 
     specs = {}
@@ -34,6 +37,12 @@ def linear_layer_specs(model) -> dict[int, LinearLayerSpec]:
             weight = module.conv1d.weight
             specs[module.layer_idx] = LinearLayerSpec(
                 (weight.shape[0], module.conv_kernel_size), (module.num_v_heads, module.head_k_dim, module.head_v_dim),
+                weight.dtype, weight.device,
+            )
+        elif isinstance(module, PrefixMamba2Mixer):
+            weight = module.conv1d.weight
+            specs[module.layer_idx] = LinearLayerSpec(
+                (weight.shape[0], module.conv_kernel_size), (module.num_heads, module.head_dim, module.ssm_state_size),
                 weight.dtype, weight.device,
             )
         elif isinstance(module, PrefixShortConv):

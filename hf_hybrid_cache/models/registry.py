@@ -1,5 +1,5 @@
 """What a model needs of this package: the mixers with an adapter, and the adapter module of each
-(gated-delta-rule mixers and LFM2's short convs on our one-pass kernels, Jamba's Mamba layer made to continue
+(gated-delta-rule mixers, Mamba2 mixers and LFM2's short convs on our one-pass kernels, Jamba's Mamba layer made to continue
 from a restored state), and how a request's prompt is keyed (`prompt_keying`).
 
 Keyed by the name of transformers' mixer class, so that an adapter (and its transformers modeling module)
@@ -57,6 +57,11 @@ ADAPTER_MODULES = {
     "Lfm2ShortConv": "hf_hybrid_cache.models.lfm2",
     "Lfm2MoeShortConv": "hf_hybrid_cache.models.lfm2",
     "Lfm3ShortConv": "hf_hybrid_cache.models.lfm2",
+    "NemotronHMamba2Mixer": "hf_hybrid_cache.models.nemotron_h",
+    "BambaMixer": "hf_hybrid_cache.models.bamba",
+    "GraniteMoeHybridMambaLayer": "hf_hybrid_cache.models.granitemoehybrid",
+    "FalconH1Mixer": "hf_hybrid_cache.models.falcon_h1",
+    "Zamba2MambaMixer": "hf_hybrid_cache.models.zamba2",
 }
 
 
@@ -70,7 +75,8 @@ def patched_mixer_class(module: torch.nn.Module) -> type | None:
 
 
 def is_one_pass_mixer(module: torch.nn.Module) -> bool:
-    """Whether `module` takes its boundary states inside a forward (our GatedDeltaNets and short convs)."""
+    """Whether `module` takes its boundary states inside a forward (our GatedDeltaNets, Mamba2 mixers and short
+    convs)."""
     return isinstance(module, OnePassMixer)
 
 

@@ -13,7 +13,8 @@ from batching_support import Session, cold_tokens, config, greedy, prompts_shari
 from cold_oracle import random_tokens
 from hf_hybrid_cache.tiny import tiny_model
 
-ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe", "lfm3"]
+ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe", "lfm3",
+                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,8 @@ def qwen3_5():
     return tiny_model("qwen3_5", seed=0), hhc.patch(tiny_model("qwen3_5", seed=0))
 
 
-@pytest.fixture(scope="module", params=["qwen3_5", "lfm2"], ids=["gated-delta-net", "short-conv"])
+@pytest.fixture(scope="module", params=["qwen3_5", "lfm2", "nemotron_h", "falcon_h1"],
+                ids=["gated-delta-net", "short-conv", "mamba2", "mamba2-beside-attention"])
 def layer_kinds(request):
     """(cold, patched) models of each recurrent layer kind continuous batching runs."""
     return tiny_model(request.param, seed=0), hhc.patch(tiny_model(request.param, seed=0))
@@ -256,7 +258,8 @@ def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
 
 
 @pytest.mark.parametrize("family, overrides, reason", [
-    ("nemotron_h", {}, "generic path"),
+    ("jamba", {}, "generic path"),
+    ("zamba2", {}, r"Mamba2 layers with time_step_limit=\(0.001, inf\)"),
     ("qwen4_exp", {}, "indexed_attention"),
     ("lfm3", dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"], sliding_window=24),
      "full_attention and sliding_attention"),

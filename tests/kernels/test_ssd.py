@@ -30,6 +30,9 @@ CASES = [
     pytest.param((1, 130, 2, 40, 1, 16), True, (63, 64, 128, 129, 130), id="T130-P40-init-ckpt63..130"),
     pytest.param((1, 1, 2, 16, 2, 16), True, (1,), id="T1-ckpt1"),
     pytest.param((1, 65, 2, 16, 1, 16), False, (), id="T65-one-token-tail-no-ckpt"),
+    # The tiles of larger states (`ssd_triton.chunk_config`): 32-token chunks at N = 128, 16 at N = 256.
+    pytest.param((1, 70, 2, 24, 1, 128), True, (16, 32, 33, 70), id="T70-P24-N128-init-ckpt16,32,33,70"),
+    pytest.param((1, 40, 2, 16, 2, 256), False, (16, 17, 40), id="T40-G2-N256-ckpt16,17,40"),
 ]
 PATHS = {"triton": chunk_ssd_triton, "cpu": chunk_ssd_cpu}
 
