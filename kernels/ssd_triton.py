@@ -4,8 +4,8 @@ pass, and decode steps with the fp32 state updated in place.
 One program per (batch row, head, tile of BP head-dim columns) walks the sequence chunk by chunk, keeping its
 `[BP, N]` state tile in registers: inside a chunk the output is decay-masked attention (C B^T) over d x plus
 the state's part, C S^T, decayed from the chunk's start; the state then moves to the chunk's end. The chunks
-end every BT tokens and at each checkpoint offset (`ssd_cpu.chunk_bounds`), so a checkpoint state is a
-chunk-end state, stored where the chunk table says.
+end every BT tokens and at each checkpoint offset (`chunk_bounds`), so a checkpoint state is a chunk-end
+state, stored where the chunk table says.
 
 Imports triton: load it lazily (see `dispatch.py`). Arguments are checked in `checks.py` first.
 """
@@ -17,7 +17,13 @@ import triton
 import triton.language as tl
 
 from .launch import block_size, check_contiguous, check_device, dot_precision
-from .ssd_cpu import CHUNK_SIZE, chunk_bounds
+
+CHUNK_SIZE = 64  # tokens per chunk at state sizes up to 64 (larger states: `chunk_config`)
+
+
+def chunk_bounds(seq_len: int, checkpoint_offsets: tuple[int, ...], chunk_size: int) -> list[int]:
+    """Where the chunks start and end: every `chunk_size` tokens and at each checkpoint offset, from 0 to seq_len."""
+    return sorted({*range(0, seq_len, chunk_size), *checkpoint_offsets, seq_len})
 
 # Head-dim columns per program of the decode step: B * H * P / BP programs for one token.
 BLOCK_P = 32

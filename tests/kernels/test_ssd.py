@@ -6,8 +6,8 @@ import torch
 
 from hf_hybrid_cache import kernels
 from hf_hybrid_cache.kernels.reference import chunk_ssd_ref, recurrent_ssd_ref
-from hf_hybrid_cache.kernels.ssd_cpu import CHUNK_SIZE, chunk_ssd_cpu, recurrent_ssd_cpu
-from hf_hybrid_cache.kernels.ssd_triton import chunk_ssd_triton, recurrent_ssd_triton
+from hf_hybrid_cache.kernels.ssd_cpu import chunk_ssd_cpu, recurrent_ssd_cpu
+from hf_hybrid_cache.kernels.ssd_triton import CHUNK_SIZE, chunk_ssd_triton, recurrent_ssd_triton
 
 DT_LIMIT = (0.001, 4.0)
 
@@ -22,11 +22,11 @@ def ssd_inputs(batch_size, seq_len, num_heads, head_dim, num_groups, state_size,
     return x, dt, A, B, C, torch.randn(num_heads), torch.randn(num_heads)
 
 
-# (B, T, H, P, G, N), an initial state, checkpoint offsets: P = 40 spans two 32-column tiles (the second masked),
-# N = 24 is masked too; the offsets hit the first token, a chunk's edge (64, 65), the middle and the last token.
+# (B, T, H, P, G, N), an initial state, checkpoint offsets: P = 40 spans three 16-column tiles (the last masked),
+# N = 24 is masked too; the offsets hit the first token, chunk edges (32, 33, 64, 65), the middle and the last token.
 CASES = [
     pytest.param((1, 37, 2, 16, 1, 16), True, (1, 5, 37), id="T37-G1-init-ckpt1,5,37"),
-    pytest.param((2, 70, 4, 8, 2, 24), False, (1, 64, 65, 70), id="T70-B2-G2-N24-ckpt1,64,65,70"),
+    pytest.param((2, 70, 4, 8, 2, 24), False, (1, 32, 33, 64, 65, 70), id="T70-B2-G2-N24-ckpt1,32,33,64,65,70"),
     pytest.param((1, 130, 2, 40, 1, 16), True, (63, 64, 128, 129, 130), id="T130-P40-init-ckpt63..130"),
     pytest.param((1, 1, 2, 16, 2, 16), True, (1,), id="T1-ckpt1"),
     pytest.param((1, 65, 2, 16, 1, 16), False, (), id="T65-one-token-tail-no-ckpt"),
