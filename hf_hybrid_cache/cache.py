@@ -77,6 +77,7 @@ class HybridPrefixCache(Cache):
         self._token_ids: torch.Tensor | None = None  # `[num_seen_tokens]` the tokens it holds (batch 1)
         self._recording = False
         self._in_request = False  # between begin_request and end/abort_request (see `_check_in_request`)
+        self._stepped = False  # a step of the current request has ended (`in_prompt_step`)
         self._prompt_len = 0
         self._block_extras: dict[int, bytes] = {}  # block index -> digests of the images in it
         self._hit: Hit | None = None
@@ -215,9 +216,15 @@ class HybridPrefixCache(Cache):
                 views[pos].copy_(state[0])
             self._pending[boundary][1] += len(positions)
 
+    def in_prompt_step(self) -> bool:
+        """Whether the step running now is the request's first, whose tokens are all prompt tokens (the rest of
+        the prompt after a hit, even a single token): generate computes the whole uncached prompt in one step."""
+        return self._in_request and not self._stepped
+
     def end_step(self, seq_len: int) -> None:
         """After each forward of the model: advance the position, and snapshot every recurrent state if the
         step ended on a boundary this request saves (each row's own, in a batch)."""
+        self._stepped = True
         if self._rows:
             self._end_rows_step(seq_len)
             return
@@ -303,6 +310,7 @@ class HybridPrefixCache(Cache):
         `shared_boundaries`: more boundaries to save states at (where other rows of a batch part from it).
         """
         self._in_request = True
+        self._stepped = False
         self.num_cached_tokens = 0
         self._pending, self._refused, self._decode_boundary, self._branch_point = {}, set(), None, 0
         self._shared_boundaries = shared_boundaries or set()

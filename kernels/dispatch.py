@@ -22,7 +22,7 @@ from .chunk_cpu import chunk_gated_delta_rule_cpu
 from .conv_cpu import causal_conv1d_cpu, causal_conv1d_update_cpu
 from .recurrent_cpu import recurrent_gated_delta_rule_cpu
 from .ssd_cpu import chunk_ssd_cpu, recurrent_ssd_cpu
-from .varlen import causal_conv1d_varlen_impl, gated_delta_rule_varlen_impl, ssd_varlen_impl
+from .varlen import NO_DT_LIMIT, causal_conv1d_varlen_impl, gated_delta_rule_varlen_impl, ssd_varlen_impl
 
 # op name -> the module holding its `<op>_triton` launcher
 _TRITON_MODULES = {
@@ -191,9 +191,6 @@ def gated_delta_rule_varlen(
     )
 
 
-NO_DT_LIMIT = (0.0, float("inf"))
-
-
 @_without_autocast
 def chunk_ssd(
     x, dt, A, B, C, D=None, dt_bias=None, dt_limit=NO_DT_LIMIT, initial_state=None, checkpoint_offsets=()
@@ -230,7 +227,8 @@ def recurrent_ssd(x, dt, A, B, C, D=None, dt_bias=None, dt_limit=NO_DT_LIMIT, *,
 
 @_without_autocast
 def ssd_varlen(
-    x, dt, A, B, C, D, dt_bias, dt_limit, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets=None
+    x, dt, A, B, C, D, dt_bias, dt_limit, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets=None,
+    unclamped=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba2's scan over packed sequences, each starting from its slot of a state pool (continuous batching):
     single-token sequences in one batched recurrent call, longer ones chunked one by one.
@@ -239,6 +237,8 @@ def ssd_varlen(
         x: `[1, T, H, P]`; dt: `[1, T, H]`; B, C: `[1, T, G, N]` (as `chunk_ssd`, packed); A, D, dt_bias, dt_limit
             as `chunk_ssd`. cu_seqlens, state_indices, has_initial_state, checkpoint_offsets: as
             `causal_conv1d_varlen`. states: `[S, H, P, N]` fp32, the pool, updated in place.
+        unclamped: None or per sequence whether its step size skips `dt_limit` (transformers' Mamba2 decode steps
+            do, its prefills do not).
 
     Returns:
         y `[1, T, H, P]` in x's dtype and the checkpoint states `[sum of the lists' lengths, H, P, N]` fp32.
@@ -251,9 +251,12 @@ def ssd_varlen(
     cu_seqlens, state_indices, has_initial_state, checkpoint_offsets = check_varlen(
         x.shape[1], cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets
     )
+    unclamped = [False] * len(state_indices) if unclamped is None else [bool(u) for u in unclamped]
+    if len(unclamped) != len(state_indices):
+        raise ValueError(f"unclamped needs one entry per sequence ({len(state_indices)}), got {len(unclamped)}")
     return ssd_varlen_impl(
         x, dt, A, B, C, D, dt_bias, dt_limit, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets,
-        ops=(chunk_ssd, recurrent_ssd),
+        unclamped, ops=(chunk_ssd, recurrent_ssd),
     )
 
 

@@ -10,6 +10,8 @@ with the checkpoint states it asks for. The caller has checked the arguments (`d
 
 import torch
 
+NO_DT_LIMIT = (0.0, float("inf"))  # the SSD step size unclamped
+
 
 def split_by_length(cu_seqlens: list[int]) -> tuple[list[int], list[int]]:
     """(sequences of one token, longer sequences), as sequence numbers."""
@@ -87,29 +89,33 @@ def gated_delta_rule_varlen_impl(
 
 
 def ssd_varlen_impl(
-    x, dt, A, B, C, D, dt_bias, dt_limit, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets, ops,
+    x, dt, A, B, C, D, dt_bias, dt_limit, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets,
+    unclamped, ops,
 ):
     """See `dispatch.ssd_varlen`. `ops`: (chunk_ssd, recurrent_ssd)."""
     chunk, recurrent = ops
     out = torch.empty_like(x)
     checkpoints = [None] * len(state_indices)
     decode, prefill = split_by_length(cu_seqlens)
-    parameters = dict(D=D, dt_bias=dt_bias, dt_limit=dt_limit)
-    if decode:
-        rows = torch.tensor([cu_seqlens[i] for i in decode], device=x.device)
-        slots = [state_indices[i] for i in decode]
-        state = _gather(states, slots, [not has_initial_state[i] for i in decode])
-        out[0, rows] = recurrent(x[0, rows, None], dt[0, rows, None], A, B[0, rows, None], C[0, rows, None],
-                                 **parameters, state=state)[:, 0]
+    limits = {False: dt_limit, True: NO_DT_LIMIT}  # by `unclamped`
+    for free in (False, True):
+        rows_of = [i for i in decode if unclamped[i] == free]
+        if not rows_of:
+            continue
+        rows = torch.tensor([cu_seqlens[i] for i in rows_of], device=x.device)
+        slots = [state_indices[i] for i in rows_of]
+        state = _gather(states, slots, [not has_initial_state[i] for i in rows_of])
+        out[0, rows] = recurrent(x[0, rows, None], dt[0, rows, None], A, B[0, rows, None], C[0, rows, None], D=D,
+                                 dt_bias=dt_bias, dt_limit=limits[free], state=state)[:, 0]
         states[torch.tensor(slots, device=x.device)] = state
-        for n, i in enumerate(decode):
+        for n, i in enumerate(rows_of):
             checkpoints[i] = state[n : n + 1] if checkpoint_offsets[i] else state[:0]
     for i in prefill:
         begin, end, slot = cu_seqlens[i], cu_seqlens[i + 1], state_indices[i]
         initial = states[slot : slot + 1] if has_initial_state[i] else None
         out[:, begin:end], final, checkpoints[i] = chunk(
-            x[:, begin:end], dt[:, begin:end], A, B[:, begin:end], C[:, begin:end], **parameters,
-            initial_state=initial, checkpoint_offsets=checkpoint_offsets[i],
+            x[:, begin:end], dt[:, begin:end], A, B[:, begin:end], C[:, begin:end], D=D, dt_bias=dt_bias,
+            dt_limit=limits[unclamped[i]], initial_state=initial, checkpoint_offsets=checkpoint_offsets[i],
         )
         states[slot] = final[0]
         checkpoints[i] = checkpoints[i][:, 0]

@@ -34,8 +34,6 @@ from transformers.modeling_utils import AttentionInterface
 
 from .. import seams
 from ..integrations.auto import store_of
-from ..kernels.dispatch import NO_DT_LIMIT
-from ..models.mamba2 import PrefixMamba2Mixer
 from ..store.prefix_store import PrefixStore, get_default_store
 from .paged_cache import PACKED_BATCH, HybridPagedAttentionCache
 from .state_slots import LinearLayerSpec, StateSlots, linear_layer_specs
@@ -187,14 +185,6 @@ def _check_layer_types(model, text_config) -> None:
             f"{type(model).__name__} has recurrent layers beside {' and '.join(attention_types)} layers, for which "
             "transformers' continuous batching passes masks per attention type only; use model.generate() "
             "(cached by hf_hybrid_cache) instead"
-        )
-    limits = {tuple(m.time_step_limit) for m in model.modules() if isinstance(m, PrefixMamba2Mixer) and m.time_step_limit}
-    if limits - {NO_DT_LIMIT}:
-        # transformers clamps the step size in a prefill but not in a decode step; the packed scan cannot tell a
-        # one-token prefill chunk from a decode step apart as transformers does.
-        raise ValueError(
-            f"{type(model).__name__} has Mamba2 layers with time_step_limit={sorted(limits - {NO_DT_LIMIT})[0]}, "
-            "which continuous batching does not run exactly; use model.generate() (cached by hf_hybrid_cache) instead"
         )
 
 

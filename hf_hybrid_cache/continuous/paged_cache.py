@@ -53,11 +53,13 @@ class Checkpoint:
 @dataclass
 class PackedPlan:
     """One forward's packed sequences, in packing order: `cu_seqlens` `[N + 1]`, each sequence's slot,
-    whether it continues its slot's state, and its checkpoint offsets (inside it) with their checkpoints."""
+    whether it continues its slot's state, whether it is a decode step, and its checkpoint offsets (inside it)
+    with their checkpoints."""
 
     cu_seqlens: list[int] = field(default_factory=lambda: [0])
     slots: list[int] = field(default_factory=list)
     has_initial_state: list[bool] = field(default_factory=list)
+    decoding: list[bool] = field(default_factory=list)  # one token the request generated, not a prompt token
     checkpoint_offsets: list[list[int]] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)  # flat, sequence by sequence
     sealed: bool = False  # read by a forward: the next request packed starts a new plan
@@ -280,6 +282,7 @@ class HybridPagedAttentionCache(PagedAttentionCache):
         plan.cu_seqlens.append(plan.cu_seqlens[-1] + query_length)
         plan.slots.append(self.slots.slot(request_id))
         plan.has_initial_state.append(past_length > 0)
+        plan.decoding.append(past_length >= len(state.initial_tokens))
         plan.checkpoint_offsets.append([checkpoint.boundary - past_length for checkpoint in tracked.checkpoints])
         plan.checkpoints.extend(tracked.checkpoints)
 

@@ -46,15 +46,19 @@ class PrefixMamba2Mixer(OnePassMixer):
                                                         self.activation)
         x, B, C = self._split(_zero_padding(conv_out.transpose(1, 2), attention_mask), batch_size, seq_len)
         A = -torch.exp(self.A_log.float())
+        limit = self.time_step_limit or NO_DT_LIMIT
         if decoding:
             # transformers' (and mamba_ssm's) decode step does not clamp the step size to time_step_limit, its
-            # chunked scan does: so here too, for outputs equal to theirs.
-            y = kernels.recurrent_ssd(x, dt, A, B, C, self.D, self.dt_bias, NO_DT_LIMIT, state=recurrent_state)
+            # chunked scan does: a generated token goes unclamped as there; a one-token rest of the prompt after a
+            # hit is clamped, as the cold prefill that computed it in one chunk did.
+            prompt = recorder is not None and recorder.in_prompt_step()
+            y = kernels.recurrent_ssd(x, dt, A, B, C, self.D, self.dt_bias, limit if prompt else NO_DT_LIMIT,
+                                      state=recurrent_state)
         else:
             def scan(begin, end, state, checkpoint_offsets):
                 return kernels.chunk_ssd(x[:, begin:end], dt[:, begin:end], A, B[:, begin:end], C[:, begin:end],
-                                         self.D, self.dt_bias, self.time_step_limit or NO_DT_LIMIT,
-                                         initial_state=state, checkpoint_offsets=checkpoint_offsets)
+                                         self.D, self.dt_bias, limit, initial_state=state,
+                                         checkpoint_offsets=checkpoint_offsets)
 
             if offsets:
                 y, final_state = scan_and_record(recorder, self.layer_idx, scan, seq_len, recurrent_state, offsets,
@@ -88,11 +92,11 @@ class PrefixMamba2Mixer(OnePassMixer):
             checkpoint_offsets=plan.checkpoint_offsets,
         )
         x, B, C = self._split(conv_out.transpose(1, 2), 1, seq_len)
-        # One step-size limit for prefill and decode rows: models with a finite time_step_limit (whose decode
-        # steps transformers does not clamp) are refused in continuous batching (`continuous/engine.py`).
+        # Decode steps unclamped, prompt tokens clamped: as a request alone runs through transformers' mixer.
         y, checkpoints = kernels.ssd_varlen(
-            x, dt, -torch.exp(self.A_log.float()), B, C, self.D, self.dt_bias, NO_DT_LIMIT, plan.cu_seqlens,
-            cache.slots.recurrent[self.layer_idx], plan.slots, plan.has_initial_state, plan.checkpoint_offsets,
+            x, dt, -torch.exp(self.A_log.float()), B, C, self.D, self.dt_bias, self.time_step_limit or NO_DT_LIMIT,
+            plan.cu_seqlens, cache.slots.recurrent[self.layer_idx], plan.slots, plan.has_initial_state,
+            plan.checkpoint_offsets, unclamped=plan.decoding,
         )
         cache.stage_checkpoints(self.layer_idx, conv_checkpoints, checkpoints)
         return self.out_proj(self.gate(y.reshape(1, seq_len, self.intermediate_size), gate).to(dtype))

@@ -14,7 +14,7 @@ from cold_oracle import random_tokens
 from hf_hybrid_cache.tiny import tiny_model
 
 ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe", "lfm3",
-                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1"]
+                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1", "zamba2"]
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +259,6 @@ def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
 
 @pytest.mark.parametrize("family, overrides, reason", [
     ("jamba", {}, "generic path"),
-    ("zamba2", {}, r"Mamba2 layers with time_step_limit=\(0.001, inf\)"),
     ("qwen4_exp", {}, "indexed_attention"),
     ("lfm3", dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"], sliding_window=24),
      "full_attention and sliding_attention"),

@@ -141,3 +141,26 @@ def test_the_decode_state_must_be_fp32():
     x, dt, A, B, C, D, dt_bias = ssd_inputs(1, 1, 4, 8, 2, 16)
     with pytest.raises(TypeError, match="state must be float32"):
         kernels.recurrent_ssd(x, dt, A, B, C, D, dt_bias, state=torch.zeros(1, 4, 8, 16, dtype=torch.bfloat16))
+
+
+def test_packed_sequences_skip_the_limit_where_asked():
+    """transformers floors the step size of prefills, not of decode steps: per sequence, as `unclamped` says."""
+    lengths, unclamped = [1, 1, 20], [True, False, False]
+    x, dt, A, B, C, D, dt_bias = ssd_inputs(1, sum(lengths), 2, 16, 1, 16)
+    dt_bias = torch.full_like(dt_bias, -6.0)  # steps around and under the floor
+    floor = (0.05, float("inf"))
+    pool = torch.randn(3, 2, 16, 16)
+    cu_seqlens = [0, 1, 2, 22]
+    expected_pool, expected_y = pool.clone(), []
+    for i, (begin, end) in enumerate(zip(cu_seqlens, cu_seqlens[1:])):
+        limit = (0.0, float("inf")) if unclamped[i] else floor
+        y, final, _ = chunk_ssd_ref(x[:, begin:end], dt[:, begin:end], A, B[:, begin:end], C[:, begin:end], D, dt_bias,
+                                    limit, initial_state=pool[i : i + 1])
+        expected_y.append(y)
+        expected_pool[i] = final[0]
+    floored_first = chunk_ssd_ref(x[:, :1], dt[:, :1], A, B[:, :1], C[:, :1], D, dt_bias, floor, initial_state=pool[:1])[1]
+    assert not torch.allclose(expected_pool[0], floored_first[0])  # the floor matters for these steps
+    y, _ = kernels.ssd_varlen(x, dt, A, B, C, D, dt_bias, floor, cu_seqlens, pool, [0, 1, 2], [True] * 3,
+                              unclamped=unclamped)
+    torch.testing.assert_close(y, torch.cat(expected_y, dim=1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pool, expected_pool, rtol=1e-4, atol=1e-4)
