@@ -7,7 +7,8 @@ Seams into `transformers.generation.continuous_batching`, checked with transform
 differs between them is in `seams.py`):
 - `cache.group_layers_by_attn_type` and `initialization.group_layers_by_attn_type` group layers by type, one
   allocator each, and raise `Invalid layer type: linear_attention` (or `conv`). For the text config of a model
-  `init_continuous_batching` was called on here, the recurrent layers are left out of the groups.
+  `init_continuous_batching` was called on here, the recurrent and feed-forward-only layers are left out of the
+  groups, and "hybrid" layers (attention beside a Mamba2 mixer) join the full-attention group.
 - `continuous_api.PagedAttentionCache`, built by `ContinuousBatchingManager._create_batch_processor`: for
   such a config, `HybridPagedAttentionCache` with its slots and store; any other config gets
   transformers' class as before.
@@ -258,8 +259,6 @@ def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingCon
         # lcm(bytes of a block of the attention layers, 128) bytes, as many as `num_blocks` blocks fill, rounded
         # up; `num_blocks` is chosen so that they are the sectors that fit. (What it counts as one block of
         # `num_blocks` differs between releases.)
-        attention_block = kv_per_token * config.page_size
-        bytes_per_sector = math.lcm(attention_block, 128)
         bytes_per_block = seams.cb_bytes_per_block(text_config, model.dtype, config.page_size,
                                                    _num_attention_layers(text_config))
         num_sectors = max(1, tokens * kv_per_token // bytes_per_sector)

@@ -23,8 +23,9 @@ in `serve_process.py`, which `install` then uses instead of the ones below. On 5
   gains the cached tokens of the generate that ran on those `input_ids` (`hf_hybrid_cache.cached_tokens`),
   or, under continuous batching, those its cache served the request.
 - `CBGenerateManager.init_cb` starts the engine with the server's `ContinuousBatchingConfig`: a patched
-  hybrid model gets a `HybridBatchingConfig` with our flags instead (on the store its auto mode uses). A request longer than that engine's
-  whole cache gets HTTP 400 naming `--cache-max-bytes-mib` (the handlers above turn the error into it).
+  hybrid model gets a `HybridBatchingConfig` with our flags instead (on the store its auto mode uses). A
+  request longer than that engine's whole cache gets HTTP 400 naming `--cache-max-bytes-mib` (the handlers
+  above turn the error into it).
 No server code of ours: requests, batching, cancellation on disconnect and errors are transformers'.
 """
 
