@@ -6,9 +6,12 @@ replicas without Redis, with the prompt tokens served from a cache; and how much
 system prompt a fresh replica still computes once another has served it.
 
     .venv/bin/python benchmarks/concurrency.py [--clients 1 4 8] [--turns 4] [--max-tokens 32] [--no-replicas]
+        [--family qwen3_next | nemotron_h | lfm2 | ...]
 
 Model: the demo's default (a tiny Qwen3-Next, 8 layers, hidden 768, random weights) with the offline byte
-tokenizer, saved to a temporary folder. Each client runs a chat of `--turns` streamed turns (the reply sent
+tokenizer, saved to a temporary folder; with `--family`, that family's tiny config (`hf_hybrid_cache.tiny`: its
+layer pattern, e.g. Nemotron-H's Mamba2 / MoE / attention / MLP layers or LFM2's short convs beside attention)
+widened to hidden 768. Each client runs a chat of `--turns` streamed turns (the reply sent
 back each turn) under a shared ~600-token system prompt, its own questions, greedy. The servers run one at a
 time (this machine has 2 cores), each started fresh and warmed with one request; the replicas of one row run
 at once on the same cores (Debian's redis-server on a free port for the Redis row), each warmed with one chat
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serve import free_port, start_server, streamed_turn  # noqa: E402  (benchmarks/serve.py)
 
 from demo.loader import TINY_SIZES  # noqa: E402
-from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_qwen3_next  # noqa: E402
+from hf_hybrid_cache.tiny import tiny_byte_tokenizer, tiny_model, tiny_qwen3_next  # noqa: E402
 
 SYSTEM = "You are a terse assistant for a storage team. Answer in one line, no lists. " * 8  # ~600 tokens
 QUESTIONS = ["What is a block?", "And a snapshot?", "Why keep both?", "What evicts first?", "Is it exact?"]
@@ -49,6 +52,17 @@ SERVERS = {
 }
 CONTINUOUS = SERVERS["ours, continuous batching"]
 REPLICA_ROWS = ("1 replica", "2 replicas, no Redis", "2 replicas, one Redis")
+# `--family` other than Qwen3-Next: its tiny config at the demo model's width.
+WIDER = dict(hidden_size=TINY_SIZES["demo"]["hidden_size"], intermediate_size=2 * TINY_SIZES["demo"]["hidden_size"])
+
+
+def build_model(family: str):
+    """The served model and a line that describes it."""
+    if family == "qwen3_next":
+        size = TINY_SIZES["demo"]
+        return tiny_qwen3_next(seed=0, **size), f"tiny Qwen3-Next ({size['num_hidden_layers']} layers, hidden {size['hidden_size']})"
+    model = tiny_model(family, **WIDER)
+    return model, f"tiny {family} ({model.config.num_hidden_layers} layers, hidden {WIDER['hidden_size']})"
 
 
 def run_clients(clients, model: str, num_clients: int, turns: int, max_tokens: int) -> dict:
@@ -153,11 +167,13 @@ def main():
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--no-replicas", action="store_true", help="skip the replica rows")
+    parser.add_argument("--family", default="qwen3_next", help="a tiny family of hf_hybrid_cache.tiny (default qwen3_next)")
     args = parser.parse_args()
 
     results = {}
     with tempfile.TemporaryDirectory() as model_dir:
-        tiny_qwen3_next(seed=0, **TINY_SIZES["demo"]).save_pretrained(model_dir)
+        model, description = build_model(args.family)
+        model.save_pretrained(model_dir)
         tiny_byte_tokenizer().save_pretrained(model_dir)
         for name, command in SERVERS.items():
             port = free_port()
@@ -181,8 +197,7 @@ def main():
         if result["replies"] != results[plain, num_clients]["replies"]:
             raise RuntimeError(f"{name} with {num_clients} clients replied differently from plain serving")
     print(f"{args.turns}-turn streamed chats per client, ~600-token shared system prompt, max_tokens {args.max_tokens}, "
-          f"tiny Qwen3-Next ({TINY_SIZES['demo']['num_hidden_layers']} layers, hidden {TINY_SIZES['demo']['hidden_size']}), "
-          "replies equal across servers\n")
+          f"{description}, replies equal across servers\n")
     print(f"{'server':<28s}{'clients':>8s}{'tokens/s':>10s}{'TTFT p50 ms':>13s}{'TTFT p95 ms':>13s}")
     for (name, num_clients), r in results.items():
         print(f"{name:<28s}{num_clients:>8d}{r['tokens'] / r['wall']:>10.1f}{1000 * percentile(r['ttft'], 50):>13.0f}"
