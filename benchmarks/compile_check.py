@@ -40,6 +40,12 @@ SHAPES = {
     "qwen3_5": (16, 64, 128, 128, 12288, "bf16"),
     "test": (1, 2, 24, 80, 128, "fp32"),
 }
+# The same kernels with a decay per key channel (KDA): Kimi-Linear-48B's delta attention (32 heads of 128, its conv
+# without bias) and the odd test sizes.
+KDA_SHAPES = {
+    "kimi_linear": (32, 32, 128, 128, 12288, "bf16"),
+    "kda_test": (1, 2, 24, 80, 128, "fp32"),
+}
 # (conv width, dtype) of the short convs our one-pass adapters run with no SiLU and no bias (LFM2 / LFM2-MoE
 # checkpoints: conv_L_cache 3, conv_bias false); the channel count is a runtime argument.
 SHORT_CONV_SHAPES = {"lfm2": (3, "bf16")}
@@ -79,18 +85,24 @@ def specs(shape: str, arch: int):
     if shape in SSD_SHAPES:  # their conv (width 4, SiLU, bias) is the GDN shapes' own, channels a runtime argument
         yield from ssd_specs(*SSD_SHAPES[shape])
         return
-    num_k_heads, num_v_heads, k_dim, v_dim, conv_dim, dtype = SHAPES[shape]
+    per_channel = shape in KDA_SHAPES
+    num_k_heads, num_v_heads, k_dim, v_dim, conv_dim, dtype = (KDA_SHAPES if per_channel else SHAPES)[shape]
     data = f"*{dtype}"
     dot = launch.dot_precision(_torch_dtype(dtype))
     config = chunk_triton.configs(k_dim, v_dim, _torch_dtype(dtype), arch)
     opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     dims = dict(HK=num_k_heads, HV=num_v_heads, K=k_dim, BT=chunk_triton.CHUNK_SIZE, DOT_PRECISION=dot)
-    tiles = dict(V=v_dim, BK=config.block_k, BV=config.block_v)
+    tiles = dict(V=v_dim, BK=config.block_k, BV=config.block_v, PER_CHANNEL=per_channel)
     fp32 = "*fp32"
     yield Spec("l2norm", chunk_triton.l2norm_kernel, dict(x=data, y=fp32, num_rows="i32"),
                dict(K=k_dim, BK=launch.block_size(k_dim), BR=16), **opts)
-    yield Spec("chunk_kkt", chunk_triton.chunk_kkt_kernel, dict(k=fp32, g=fp32, beta=data, g_cum=fp32, a=fp32, T="i32"),
-               dict(BK=config.block_k, **dims), **opts)
+    if per_channel:
+        yield Spec("kda_kkt", chunk_triton.kda_kkt_kernel,
+                   dict(q=fp32, k=fp32, g=fp32, beta=data, g_cum=fp32, a=fp32, scores=fp32, T="i32"),
+                   dict(HK=num_k_heads, HV=num_v_heads, K=k_dim, BT=chunk_triton.CHUNK_SIZE, BK=config.block_k), **opts)
+    else:
+        yield Spec("chunk_kkt", chunk_triton.chunk_kkt_kernel, dict(k=fp32, g=fp32, beta=data, g_cum=fp32, a=fp32, T="i32"),
+                   dict(BK=config.block_k, **dims), **opts)
     yield Spec("chunk_solve", chunk_triton.chunk_solve_kernel, dict(a=fp32, a_inv=fp32, T="i32"),
                dict(HV=num_v_heads, BT=chunk_triton.CHUNK_SIZE, BC=chunk_triton.SOLVE_BLOCK, DOT_PRECISION=dot), **opts)
     yield Spec("chunk_wy", chunk_triton.chunk_wy_kernel,
@@ -100,18 +112,21 @@ def specs(shape: str, arch: int):
                    dict(k=fp32, w=fp32, u=fp32, g_cum=fp32, **({"h0": fp32} if initial_state else {}), h=fp32,
                         v_new=fp32, ht=fp32, T="i32"),
                    dict(**({} if initial_state else {"h0": None}), BK=launch.block_size(k_dim), BV=config.state_block_v,
-                        V=v_dim, **dims, USE_INITIAL_STATE=initial_state),
+                        V=v_dim, **dims, USE_INITIAL_STATE=initial_state, PER_CHANNEL=per_channel),
                    num_warps=config.state_num_warps, num_stages=config.state_num_stages)
+    scores = {"scores": fp32} if per_channel else {}
     yield Spec("chunk_output", chunk_triton.chunk_output_kernel,
-               dict(q=fp32, k=fp32, g_cum=fp32, h=fp32, v_new=fp32, o=data, scale="fp32", T="i32"), dict(**tiles, **dims), **opts)
+               dict(q=fp32, k=fp32, g_cum=fp32, **scores, h=fp32, v_new=fp32, o=data, scale="fp32", T="i32"),
+               dict(**({} if per_channel else {"scores": None}), **tiles, **dims), **opts)
     yield Spec("chunk_checkpoint", chunk_triton.chunk_checkpoint_kernel,
                dict(k=fp32, g_cum=fp32, h=fp32, v_new=fp32, ckpt_offsets="*i32", h_ckpt=fp32, T="i32", B="i32"),
                dict(**tiles, **dims), **opts)
     yield Spec("recurrent", recurrent_triton.recurrent_gated_delta_rule_kernel,
                dict(q=data, k=data, v=data, g=fp32, beta=data, state=fp32, o=data, scale="fp32", T="i32"),
                dict(HK=num_k_heads, HV=num_v_heads, K=k_dim, V=v_dim, BK=launch.block_size(k_dim),
-                    BV=min(launch.block_size(v_dim), recurrent_triton.BLOCK_V), USE_QK_L2NORM=True), num_warps=4, num_stages=3)
-    yield from conv_specs(data, width=4, silu=True, bias=True)
+                    BV=min(launch.block_size(v_dim), recurrent_triton.BLOCK_V), USE_QK_L2NORM=True,
+                    PER_CHANNEL=per_channel), num_warps=4, num_stages=3)
+    yield from conv_specs(data, width=4, silu=True, bias=not per_channel)
 
 
 def ssd_specs(num_heads: int, head_dim: int, num_groups: int, state_size: int, dtype: str):
@@ -206,7 +221,7 @@ def is_clean(row: dict) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    every_shape = [*SHAPES, *SHORT_CONV_SHAPES, *SSD_SHAPES]
+    every_shape = [*SHAPES, *KDA_SHAPES, *SHORT_CONV_SHAPES, *SSD_SHAPES]
     parser.add_argument("--shapes", nargs="+", choices=every_shape, default=every_shape)
     parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--kernels", nargs="+", default=None, help="only these kernels (names as in the table)")

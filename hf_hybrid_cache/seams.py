@@ -93,16 +93,45 @@ def count_unseen_tokens(cache, layer_idx: int, num_tokens: int) -> None:
         cache.layers[layer_idx].cumulative_length_linear.add_(num_tokens)
 
 
+# transformers 5.25 pages latent attention (MLA: DeepSeek-style, Kimi-Linear's) as one row per token holding the
+# compressed K/V latent and the rotated key; 5.24's engine pages it as plain K/V heads and fails on its first forward.
+CB_PAGES_LATENT_ATTENTION = SERVES_IN_MODEL_PROCESS
+
+
+def is_latent_attention(text_config) -> bool:
+    return getattr(text_config, "kv_lora_rank", None) is not None
+
+
+def cb_page_bytes_per_token(text_config, dtype: torch.dtype) -> int:
+    """Bytes one token takes in one attention layer's page of transformers' continuous batching: K and V heads, or
+    (MLA) the latent row."""
+    from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
+    from transformers.generation.continuous_batching.utils import find_head_dim, find_num_key_value_heads
+
+    if is_latent_attention(text_config):
+        return (text_config.kv_lora_rank + text_config.qk_rope_head_dim) * dtype.itemsize
+    return FullAttentionCacheAllocator.get_bytes_per_page(
+        find_num_key_value_heads(text_config), find_head_dim(text_config), dtype, 1
+    )
+
+
+def cb_latent_page(allocator, layer_idx: int, block_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An MLA layer's page of block `block_id` as (latents `[page_size, 1, kv_lora_rank]`, rotated keys `[page_size, 1,
+    qk_rope_head_dim]`), views, laid out as `generate()`'s cache holds them; None for another allocator."""
+    views = getattr(allocator, "_latent_token_views", None)  # 5.25's MLACacheAllocator
+    if views is None:
+        return None
+    latents, rotated_keys = views[layer_idx]
+    start = block_id * allocator.block_physical_stride
+    rows = slice(start, start + allocator.tokens_per_page)
+    return latents[rows].unsqueeze(1), rotated_keys[rows].unsqueeze(1)
+
+
 def cb_bytes_per_block(text_config, dtype: torch.dtype, page_size: int, num_attention_layers: int) -> int:
     """The bytes transformers' continuous batching counts per block of `num_blocks`, for a config whose
     `num_attention_layers` layers our grouping (`continuous/engine.py`) gives to the attention allocators (see
     above)."""
-    from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
-    from transformers.generation.continuous_batching.utils import find_head_dim, find_num_key_value_heads
-
-    page = FullAttentionCacheAllocator.get_bytes_per_page(
-        find_num_key_value_heads(text_config), find_head_dim(text_config), dtype, page_size
-    )
+    page = cb_page_bytes_per_token(text_config, dtype) * page_size
     if CB_BLOCKS_COUNT_ALLOCATED_LAYERS:
         return page * num_attention_layers
     return page * text_config.num_hidden_layers

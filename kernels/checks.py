@@ -49,7 +49,8 @@ def normalize_offsets(checkpoint_offsets: Sequence[int], seq_len: int) -> tuple[
 
 
 def check_gated_delta_rule(q, k, v, g, beta, state=None, state_name="initial_state") -> None:
-    """q, k `[B, T, Hk, K]`; v `[B, T, Hv, V]` with Hv % Hk == 0; g, beta `[B, T, Hv]`; state `[B, Hv, K, V]`."""
+    """q, k `[B, T, Hk, K]`; v `[B, T, Hv, V]` with Hv % Hk == 0; beta `[B, T, Hv]`; g `[B, T, Hv]` (per head) or
+    `[B, T, Hv, K]` (per key channel); state `[B, Hv, K, V]`."""
     _ndim("q", q, 4, "[B, T, Hk, K]")
     _ndim("v", v, 4, "[B, T, Hv, V]")
     batch_size, seq_len, num_k_heads, head_k_dim = q.shape
@@ -60,7 +61,10 @@ def check_gated_delta_rule(q, k, v, g, beta, state=None, state_name="initial_sta
         raise ValueError("the sequence is empty (T = 0); skip the call instead")
     if num_v_heads % num_k_heads:
         raise ValueError(f"Hv = {num_v_heads} value heads must be a multiple of Hk = {num_k_heads} key heads")
-    _shape("g", g, (batch_size, seq_len, num_v_heads), "[B, T, Hv]")
+    if g.dim() == 4:
+        _shape("g", g, (batch_size, seq_len, num_v_heads, head_k_dim), "[B, T, Hv, K] (a decay per key channel)")
+    else:
+        _shape("g", g, (batch_size, seq_len, num_v_heads), "[B, T, Hv] (a decay per head) or [B, T, Hv, K]")
     _shape("beta", beta, (batch_size, seq_len, num_v_heads), "[B, T, Hv]")
     if state is not None:
         _shape(state_name, state, (batch_size, num_v_heads, head_k_dim, head_v_dim), "[B, Hv, K, V]")

@@ -20,6 +20,7 @@ from .checks import (
 )
 from .chunk_cpu import chunk_gated_delta_rule_cpu
 from .conv_cpu import causal_conv1d_cpu, causal_conv1d_update_cpu
+from .kda_cpu import chunk_kda_cpu
 from .recurrent_cpu import recurrent_gated_delta_rule_cpu
 from .ssd_cpu import chunk_ssd_cpu, recurrent_ssd_cpu
 from .varlen import NO_DT_LIMIT, causal_conv1d_varlen_impl, gated_delta_rule_varlen_impl, ssd_varlen_impl
@@ -72,7 +73,8 @@ def chunk_gated_delta_rule(
 
     Args:
         q, k: `[B, T, Hk, K]`; v: `[B, T, Hv, V]` with Hv a multiple of Hk (value head h reads key head
-            h // (Hv // Hk)); g (log decay, <= 0), beta: `[B, T, Hv]`.
+            h // (Hv // Hk)); beta: `[B, T, Hv]`; g (log decay, <= 0): `[B, T, Hv]`, one per head (Gated-DeltaNet),
+            or `[B, T, Hv, K]`, one per key channel (KDA, Kimi-Linear's delta attention).
         initial_state: `[B, Hv, K, V]` or None (zeros).
         checkpoint_offsets: strictly increasing ints in [1, T], any positions (not only chunk multiples).
         use_qk_l2norm: L2-normalise q and k per head first. scale: defaults to K ** -0.5.
@@ -83,7 +85,10 @@ def chunk_gated_delta_rule(
     """
     check_gated_delta_rule(q, k, v, g, beta, state=initial_state)
     checkpoint_offsets = normalize_offsets(checkpoint_offsets, seq_len=q.shape[1])
-    impl = _triton_launcher("chunk_gated_delta_rule") if q.is_cuda else chunk_gated_delta_rule_cpu
+    if q.is_cuda:
+        impl = _triton_launcher("chunk_gated_delta_rule")
+    else:
+        impl = chunk_kda_cpu if g.dim() == 4 else chunk_gated_delta_rule_cpu
     return impl(
         q, k, v, g, beta, initial_state=initial_state, checkpoint_offsets=checkpoint_offsets,
         use_qk_l2norm=use_qk_l2norm, scale=scale,
@@ -92,8 +97,8 @@ def chunk_gated_delta_rule(
 
 @_without_autocast
 def recurrent_gated_delta_rule(q, k, v, g, beta, state, use_qk_l2norm=True, scale=None) -> torch.Tensor:
-    """Decode step(s), T small: shapes as `chunk_gated_delta_rule`; `state` `[B, Hv, K, V]` fp32 updated in
-    place (its address never changes). Returns o `[B, T, Hv, V]` in q's dtype."""
+    """Decode step(s), T small: shapes as `chunk_gated_delta_rule` (g per head or per key channel); `state`
+    `[B, Hv, K, V]` fp32 updated in place (its address never changes). Returns o `[B, T, Hv, V]` in q's dtype."""
     check_gated_delta_rule(q, k, v, g, beta, state=state, state_name="state")
     check_recurrent_state(state)
     impl = _triton_launcher("recurrent_gated_delta_rule") if q.is_cuda else recurrent_gated_delta_rule_cpu
@@ -170,7 +175,8 @@ def gated_delta_rule_varlen(
     single-token sequences (decode steps) in one batched recurrent call, longer ones chunked one by one.
 
     Args:
-        q, k: `[1, T, Hk, K]`; v: `[1, T, Hv, V]`; g, beta: `[1, T, Hv]` (as `chunk_gated_delta_rule`, packed).
+        q, k: `[1, T, Hk, K]`; v: `[1, T, Hv, V]`; beta: `[1, T, Hv]`; g: `[1, T, Hv]` or `[1, T, Hv, K]` (as
+            `chunk_gated_delta_rule`, packed).
         cu_seqlens, state_indices, has_initial_state, checkpoint_offsets: as `causal_conv1d_varlen`.
         states: `[S, Hv, K, V]` fp32, the pool, updated in place.
 

@@ -10,7 +10,8 @@ from .reference import l2_normalize
 
 
 def recurrent_gated_delta_rule_cpu(q, k, v, g, beta, state, use_qk_l2norm=True, scale=None) -> torch.Tensor:
-    """q, k `[B, T, Hk, K]`; v `[B, T, Hv, V]`; g, beta `[B, T, Hv]`; state `[B, Hv, K, V]` fp32, in place.
+    """q, k `[B, T, Hk, K]`; v `[B, T, Hv, V]`; beta `[B, T, Hv]`; g `[B, T, Hv]` (per head) or `[B, T, Hv, K]`
+    (per key channel, KDA); state `[B, Hv, K, V]` fp32, in place.
 
     Returns o `[B, T, Hv, V]` in q's dtype.
     """
@@ -19,10 +20,11 @@ def recurrent_gated_delta_rule_cpu(q, k, v, g, beta, state, use_qk_l2norm=True, 
     q, k = (x.float().repeat_interleave(group_size, dim=2) for x in (q, k))
     if use_qk_l2norm:
         q, k = l2_normalize(q), l2_normalize(k)
-    v, decay, beta = v.float(), g.float().exp(), beta.float()
+    v, beta = v.float(), beta.float()
+    decay = g.float().exp()[..., None, None] if g.dim() == 3 else g.float().exp()[..., None]  # [B, T, Hv, 1 or K, 1]
     o = torch.empty_like(v)
     for t in range(v.shape[1]):
-        state.mul_(decay[:, t, :, None, None])
+        state.mul_(decay[:, t])
         delta = beta[:, t, :, None] * (v[:, t] - torch.einsum("bhk,bhkv->bhv", k[:, t], state))
         state.add_(k[:, t, :, :, None] * delta[:, :, None, :])
         o[:, t] = scale * torch.einsum("bhk,bhkv->bhv", q[:, t], state)

@@ -17,9 +17,10 @@ BLOCK_V = 32
 def recurrent_gated_delta_rule_kernel(
     q, k, v, g, beta, state, o, scale,
     T, HK: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, USE_QK_L2NORM: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, USE_QK_L2NORM: tl.constexpr, PER_CHANNEL: tl.constexpr,
 ):
-    """For each token: S = exp(g) S; S += k (beta (v - k^T S))^T; o = scale q^T S. Grid: (cdiv(V, BV), B * HV)."""
+    """For each token: S = diag(exp(g)) S (g one per head, or per key channel: `PER_CHANNEL`);
+    S += k (beta (v - k^T S))^T; o = scale q^T S. Grid: (cdiv(V, BV), B * HV)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // HV, i_bh % HV
     i_hk = i_h // (HV // HK)
@@ -37,10 +38,11 @@ def recurrent_gated_delta_rule_kernel(
             b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q) + 1e-6)
             b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + 1e-6)
         b_v = tl.load(v + o_bth * V + o_v, mask=m_v, other=0.0).to(tl.float32)
-        b_g = tl.load(g + o_bth).to(tl.float32)
         b_beta = tl.load(beta + o_bth).to(tl.float32)
-
-        b_s = b_s * tl.exp(b_g)
+        if PER_CHANNEL:
+            b_s = b_s * tl.exp(tl.load(g + o_bth * K + o_k, mask=m_k, other=0.0).to(tl.float32))[:, None]
+        else:
+            b_s = b_s * tl.exp(tl.load(g + o_bth).to(tl.float32))
         b_delta = b_beta * (b_v - tl.sum(b_k[:, None] * b_s, axis=0))
         b_s = b_s + b_k[:, None] * b_delta[None, :]
         p_o = o + o_bth * V + o_v
@@ -50,7 +52,8 @@ def recurrent_gated_delta_rule_kernel(
 
 
 def recurrent_gated_delta_rule_triton(q, k, v, g, beta, state, use_qk_l2norm=True, scale=None) -> torch.Tensor:
-    """Triton `recurrent_gated_delta_rule` (contract in `reference.recurrent_gated_delta_rule_ref`).
+    """Triton `recurrent_gated_delta_rule` (contract in `reference.recurrent_gated_delta_rule_ref`), g per head or
+    per key channel.
 
     `state` must be contiguous: it is written in place, so it is never copied.
     """
@@ -65,6 +68,6 @@ def recurrent_gated_delta_rule_triton(q, k, v, g, beta, state, use_qk_l2norm=Tru
     recurrent_gated_delta_rule_kernel[(triton.cdiv(head_v_dim, block_v), batch_size * num_v_heads)](
         q, k, v, g, beta, state, o, scale,
         T=seq_len, HK=num_k_heads, HV=num_v_heads, K=head_k_dim, V=head_v_dim,
-        BK=block_size(head_k_dim), BV=block_v, USE_QK_L2NORM=use_qk_l2norm,
+        BK=block_size(head_k_dim), BV=block_v, USE_QK_L2NORM=use_qk_l2norm, PER_CHANNEL=g.dim() == 4,
     )
     return o

@@ -30,11 +30,14 @@ def chunk_gated_delta_rule_ref(
     """Gated delta rule, one token at a time, in fp32.
 
     Per value head h and token t (S is [K, V]):
-        S = S * exp(g_t);  S = S + k_t (beta_t (v_t - k_t^T S))^T;  o_t = scale * q_t^T S
+        S = diag(exp(g_t)) S;  S = S + k_t (beta_t (v_t - k_t^T S))^T;  o_t = scale * q_t^T S
+    with g_t one log decay per head (Gated-DeltaNet: every row of S decays alike) or one per key channel
+    (KDA, Kimi-Linear's delta attention: row i of S decays by exp(g_t[i])).
 
     Args:
         q, k: `[B, T, Hk, K]`; v: `[B, T, Hv, V]` with Hv a multiple of Hk (value head h reads key head
-            h // (Hv // Hk)); g (log decay, <= 0), beta: `[B, T, Hv]`.
+            h // (Hv // Hk)); beta: `[B, T, Hv]`; g (log decay, <= 0): `[B, T, Hv]` per head or `[B, T, Hv, K]`
+            per key channel.
         initial_state: `[B, Hv, K, V]` or None (zeros).
         checkpoint_offsets: strictly increasing ints in [1, T]: also return the state after that many tokens.
         use_qk_l2norm: L2-normalise q and k per head first. scale: defaults to K ** -0.5.
@@ -60,8 +63,9 @@ def chunk_gated_delta_rule_ref(
     )
     outputs, checkpoints = [], []
     wanted = set(checkpoint_offsets)
+    decay = g.exp()[..., None, None] if g.dim() == 3 else g.exp()[..., None]  # [B, T, Hv, 1 or K, 1]
     for t in range(seq_len):
-        state = state * g[:, t].exp()[..., None, None]
+        state = state * decay[:, t]
         predicted = torch.einsum("bhk,bhkv->bhv", k[:, t], state)
         delta = beta[:, t, :, None] * (v[:, t] - predicted)
         state = state + k[:, t, :, :, None] * delta[:, :, None, :]

@@ -29,8 +29,6 @@ import torch
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import cache as cb_cache
 from transformers.generation.continuous_batching import continuous_api, initialization
-from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
-from transformers.generation.continuous_batching.utils import find_head_dim, find_num_key_value_heads
 from transformers.modeling_utils import AttentionInterface
 
 from .. import seams
@@ -178,6 +176,12 @@ def _check_layer_types(model, text_config) -> None:
             f"{type(model).__name__} has {', '.join(unsupported)} layers, which transformers' continuous batching "
             "has no allocator for; use model.generate() (cached by hf_hybrid_cache) instead"
         )
+    if seams.is_latent_attention(text_config) and not seams.CB_PAGES_LATENT_ATTENTION:
+        raise ValueError(
+            f"{type(model).__name__} has latent attention (MLA) layers, which transformers' continuous batching pages "
+            f"from release 5.25 on (installed: {seams.INSTALLED}); use model.generate() (cached by "
+            "hf_hybrid_cache) instead, or upgrade transformers"
+        )
     attention_types = sorted({ATTENTION_OF[t] for t in layer_types if t in ATTENTION_OF})
     if len(attention_types) > 1:
         # The engine then hands the model one attention mask per attention type, and the model looks one up
@@ -195,9 +199,7 @@ def _num_attention_layers(text_config) -> int:
 
 def _kv_bytes_per_token(text_config, dtype: torch.dtype) -> int:
     """Paged K/V bytes per token of every attention layer (transformers' page layout)."""
-    num_attention = _num_attention_layers(text_config)
-    page = FullAttentionCacheAllocator.get_bytes_per_page(find_num_key_value_heads(text_config), find_head_dim(text_config), dtype, 1)
-    return num_attention * page
+    return _num_attention_layers(text_config) * seams.cb_page_bytes_per_token(text_config, dtype)
 
 
 def resolve(model, config: ContinuousBatchingConfig | None) -> HybridBatchingConfig:

@@ -32,6 +32,7 @@ from transformers.generation.continuous_batching.cache import PagedAttentionCach
 from transformers.generation.continuous_batching.cache_allocators import FullAttentionCacheAllocator
 from transformers.generation.continuous_batching.requests import RequestStatus
 
+from .. import seams
 from ..store.modes import saved_boundaries
 from .state_slots import StateSlots
 from .store_link import StoreLink
@@ -239,7 +240,11 @@ class HybridPagedAttentionCache(PagedAttentionCache):
         return True
 
     def _page(self, allocator, layer_idx: int, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer's keys and values `[page_size, num_kv_heads, head_dim]` in block `block_id` (views)."""
+        """One layer's keys and values `[page_size, num_kv_heads, head_dim]` in block `block_id` (views; an MLA layer's
+        latents and rotated keys, as `generate()`'s cache holds them)."""
+        latent = seams.cb_latent_page(allocator, layer_idx, block_id)
+        if latent is not None:
+            return latent
         keys, values = allocator.get_cache_for_block_table(layer_idx)  # `[num_pages, page_size, heads, dim]`
         page = block_id * (allocator.block_physical_stride // self.page_size)
         return keys[page], values[page]

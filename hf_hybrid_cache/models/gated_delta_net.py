@@ -4,7 +4,8 @@ step, so that a prefill saves every boundary it needs in one pass.
 
 A family adapter (`qwen3_next.py`, `qwen3_5.py`, `olmo_hybrid.py`) subclasses `PrefixGatedDeltaNet` together
 with transformers' own GatedDeltaNet and says only what differs: how the input is projected, how beta is
-made, and how the output is gated and projected back.
+made, and how the output is gated and projected back. Kimi-Linear's delta attention (KDA, `kimi_linear.py`) is
+the same layer with a decay per key channel: its adapter also says how the decay is made.
 """
 
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .one_pass import OnePassMixer, cached_causal_conv, runs_on_transformers, sc
 class GatedDeltaNetInputs:
     """The projections of one step. mixed_qkv: `[batch, conv_dim, seq_len]` (q, k, v before the conv);
     gate: the output gate, `[batch * seq_len * num_v_heads, head_v_dim]` once reshaped; b, a:
-    `[batch, seq_len, num_v_heads]` (beta and decay before their activations)."""
+    `[batch, seq_len, num_v_heads]` (beta and decay before their activations; `decay` makes g of a)."""
 
     mixed_qkv: torch.Tensor
     gate: torch.Tensor
@@ -38,6 +39,12 @@ class PrefixGatedDeltaNet(OnePassMixer):
 
     def beta(self, b: torch.Tensor) -> torch.Tensor:
         return b.sigmoid()
+
+    def decay(self, a: torch.Tensor) -> torch.Tensor:
+        """The log decay g (<= 0), fp32: `[batch, seq_len, num_v_heads]` per head, or `[..., head_k_dim]` per key
+        channel."""
+        # In fp32: in fp16, exp(A_log) may overflow to -inf.
+        return -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
 
     def gate_and_project_out(self, core_out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """core_out `[batch, seq_len, num_v_heads, head_v_dim]` -> `[batch, seq_len, hidden_size]`."""
@@ -69,9 +76,7 @@ class PrefixGatedDeltaNet(OnePassMixer):
         query = query.reshape(batch_size, seq_len, -1, self.head_k_dim)
         key = key.reshape(batch_size, seq_len, -1, self.head_k_dim)
         value = value.reshape(batch_size, seq_len, -1, self.head_v_dim)
-        beta = self.beta(inputs.b)
-        # In fp32: in fp16, exp(A_log) may overflow to -inf.
-        g = -self.A_log.float().exp() * F.softplus(inputs.a.float() + self.dt_bias)
+        beta, g = self.beta(inputs.b), self.decay(inputs.a)
 
         if decoding:
             core_out = kernels.recurrent_gated_delta_rule(query, key, value, g, beta, state=recurrent_state)
@@ -106,9 +111,8 @@ class PrefixGatedDeltaNet(OnePassMixer):
         query = query.reshape(1, seq_len, -1, self.head_k_dim)
         key = key.reshape(1, seq_len, -1, self.head_k_dim)
         value = value.reshape(1, seq_len, -1, self.head_v_dim)
-        g = -self.A_log.float().exp() * F.softplus(inputs.a.float() + self.dt_bias)
         core_out, checkpoints = kernels.gated_delta_rule_varlen(
-            query, key, value, g, self.beta(inputs.b), plan.cu_seqlens, cache.slots.recurrent[self.layer_idx],
+            query, key, value, self.decay(inputs.a), self.beta(inputs.b), plan.cu_seqlens, cache.slots.recurrent[self.layer_idx],
             plan.slots, plan.has_initial_state, checkpoint_offsets=plan.checkpoint_offsets,
         )
         cache.stage_checkpoints(self.layer_idx, conv_checkpoints, checkpoints)

@@ -62,6 +62,7 @@ ADAPTER_MODULES = {
     "GraniteMoeHybridMambaLayer": "hf_hybrid_cache.models.granitemoehybrid",
     "FalconH1Mixer": "hf_hybrid_cache.models.falcon_h1",
     "Zamba2MambaMixer": "hf_hybrid_cache.models.zamba2",
+    "KimiLinearDeltaAttention": "hf_hybrid_cache.models.kimi_linear",
 }
 
 

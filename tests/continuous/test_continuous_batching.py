@@ -9,12 +9,16 @@ import pytest
 import torch
 
 import hf_hybrid_cache as hhc
+from hf_hybrid_cache import seams
 from batching_support import Session, cold_tokens, config, greedy, prompts_sharing, store
 from cold_oracle import random_tokens
 from hf_hybrid_cache.tiny import tiny_model
 
+# Kimi-Linear: KDA beside latent attention, which transformers' engine pages from 5.25 on.
+LATENT_ATTENTION = pytest.mark.skipif(not seams.CB_PAGES_LATENT_ATTENTION, reason="5.24's engine does not page MLA")
 ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe", "lfm3",
-                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1", "zamba2"]
+                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1", "zamba2",
+                     pytest.param("kimi_linear", marks=LATENT_ATTENTION)]
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +26,9 @@ def qwen3_5():
     return tiny_model("qwen3_5", seed=0), hhc.patch(tiny_model("qwen3_5", seed=0))
 
 
-@pytest.fixture(scope="module", params=["qwen3_5", "lfm2", "nemotron_h", "falcon_h1"],
-                ids=["gated-delta-net", "short-conv", "mamba2", "mamba2-beside-attention"])
+@pytest.fixture(scope="module", params=["qwen3_5", "lfm2", "nemotron_h", "falcon_h1",
+                                        pytest.param("kimi_linear", marks=LATENT_ATTENTION)],
+                ids=["gated-delta-net", "short-conv", "mamba2", "mamba2-beside-attention", "kda-beside-latent-attention"])
 def layer_kinds(request):
     """(cold, patched) models of each recurrent layer kind continuous batching runs."""
     return tiny_model(request.param, seed=0), hhc.patch(tiny_model(request.param, seed=0))
@@ -262,8 +267,11 @@ def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
     ("qwen4_exp", {}, "indexed_attention"),
     ("lfm3", dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"], sliding_window=24),
      "full_attention and sliding_attention"),
+    ("kimi_linear", {}, "latent attention \\(MLA\\) layers.*from release 5.25 on"),
 ])
 def test_what_cannot_run_is_refused_naming_generate(family, overrides, reason):
+    if family == "kimi_linear" and seams.CB_PAGES_LATENT_ATTENTION:
+        pytest.skip("transformers 5.25 pages latent attention")
     model = hhc.patch(tiny_model(family, seed=0, **overrides))
     with pytest.raises(ValueError, match=f"{reason}.*use model.generate\\(\\)"):
         model.generate_batch([[5, 6, 7]], generation_config=greedy(), progress_bar=False)

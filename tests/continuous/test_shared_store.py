@@ -12,8 +12,10 @@ from batching_support import Session, cold_tokens, prompts_sharing, store
 from cold_oracle import assert_same_as_cold, cold_generate, generate, random_tokens
 
 import hf_hybrid_cache as hhc
+from hf_hybrid_cache import seams
 from hf_hybrid_cache.store.redis_tier import RedisTier
 from hf_hybrid_cache.store.remote import RemoteBlock, RemoteTier
+from hf_hybrid_cache.tiny import tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the Redis tier warns on each fault
 # A 75-token first prompt saves its state at 64 (branch and align: its last boundary before its final token);
@@ -49,6 +51,22 @@ def test_a_fresh_engine_is_served_the_blocks_its_store_holds(model, cold_model):
 
 
 def test_generate_and_continuous_batching_serve_each_other(model, cold_model):
+    serve_each_other(model, cold_model)
+
+
+@pytest.mark.skipif(not seams.CB_PAGES_LATENT_ATTENTION, reason="transformers 5.24's engine does not page latent attention")
+def test_latent_attention_pages_serve_both_engines():
+    """Kimi-Linear: KDA states beside latent-attention (MLA) layers, whose engine pages hold a latent row per token
+    where `generate()`'s cache holds the latents and rotated keys apart."""
+    model, cold_model = hhc.patch(tiny_model("kimi_linear", seed=0)), tiny_model("kimi_linear", seed=0)
+    prefix_store = store()
+    assert run(model, cold_model, [FIRST], store=prefix_store) == [0]
+    assert run(model, cold_model, NEXT[:2], store=prefix_store) == [SERVED] * 2  # pages loaded into a fresh engine
+    serve_each_other(model, cold_model)
+
+
+def serve_each_other(model, cold_model):
+    """A prompt `generate()` computed serves continuous batching, and the reverse."""
     prefix_store = store()
     cache = hhc.HybridPrefixCache(model, store=prefix_store)
     assert_same_as_cold(generate(model, torch.tensor([FIRST]), cache), cold_generate(cold_model, torch.tensor([FIRST])))
