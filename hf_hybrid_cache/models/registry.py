@@ -63,6 +63,8 @@ ADAPTER_MODULES = {
     "FalconH1Mixer": "hf_hybrid_cache.models.falcon_h1",
     "Zamba2MambaMixer": "hf_hybrid_cache.models.zamba2",
     "KimiLinearDeltaAttention": "hf_hybrid_cache.models.kimi_linear",
+    "BailingHybridDeltaAttention": "hf_hybrid_cache.models.bailing_hybrid",
+    "Glm5NextTextLinearAttention": "hf_hybrid_cache.models.glm5_next",
 }
 
 

@@ -14,11 +14,11 @@ from batching_support import Session, cold_tokens, config, greedy, prompts_shari
 from cold_oracle import random_tokens
 from hf_hybrid_cache.tiny import tiny_model
 
-# Kimi-Linear: KDA beside latent attention, which transformers' engine pages from 5.25 on.
+# Kimi-Linear and Bailing: KDA beside latent attention, which transformers' engine pages from 5.25 on.
 LATENT_ATTENTION = pytest.mark.skipif(not seams.CB_PAGES_LATENT_ATTENTION, reason="5.24's engine does not page MLA")
 ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe", "lfm3",
                      "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1", "zamba2",
-                     pytest.param("kimi_linear", marks=LATENT_ATTENTION)]
+                     pytest.param("kimi_linear", marks=LATENT_ATTENTION), pytest.param("bailing_hybrid", marks=LATENT_ATTENTION)]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def qwen3_5():
 
 
 @pytest.fixture(scope="module", params=["qwen3_5", "lfm2", "nemotron_h", "falcon_h1",
-                                        pytest.param("kimi_linear", marks=LATENT_ATTENTION)],
+                                        pytest.param("kimi_linear", marks=LATENT_ATTENTION), pytest.param("bailing_hybrid", marks=LATENT_ATTENTION)],
                 ids=["gated-delta-net", "short-conv", "mamba2", "mamba2-beside-attention", "kda-beside-latent-attention"])
 def layer_kinds(request):
     """(cold, patched) models of each recurrent layer kind continuous batching runs."""
