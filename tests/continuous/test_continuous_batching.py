@@ -27,7 +27,7 @@ def qwen3_5():
 
 
 @pytest.fixture(scope="module", params=["qwen3_5", "lfm2", "nemotron_h", "falcon_h1",
-                                        pytest.param("kimi_linear", marks=LATENT_ATTENTION), pytest.param("bailing_hybrid", marks=LATENT_ATTENTION)],
+                                        pytest.param("kimi_linear", marks=LATENT_ATTENTION)],
                 ids=["gated-delta-net", "short-conv", "mamba2", "mamba2-beside-attention", "kda-beside-latent-attention"])
 def layer_kinds(request):
     """(cold, patched) models of each recurrent layer kind continuous batching runs."""
