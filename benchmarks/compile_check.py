@@ -28,7 +28,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_hybrid_cache.kernels import chunk_triton, conv_triton, launch, recurrent_triton, ssd_triton  # noqa: E402
+from hf_hybrid_cache.kernels import chunk_triton, conv_triton, launch, recurrent_triton, scan_triton, ssd_triton  # noqa: E402
 
 ARCHS = (80, 86, 89, 90)
 SHARED_LIMIT = {80: 163 << 10, 86: 99 << 10, 89: 99 << 10, 90: 227 << 10}  # bytes per block
@@ -57,6 +57,9 @@ SSD_SHAPES = {
     "falcon_h1": (24, 128, 1, 256, "bf16"),
     "ssd_test": (2, 24, 2, 64, "fp32"),  # fp32 and an odd head dim (fp32 from N = 128 on spills: see chunk_config)
 }
+# (channels, state size, dtype) of Mamba (v1) layers: Jamba-v0.1 (hidden 4096, expand 2, d_state 16), and odd test
+# sizes; the conv (width 4, SiLU, bias) is the GDN shapes' own.
+SCAN_SHAPES = {"jamba": (8192, 16, "bf16"), "scan_test": (40, 12, "fp32")}
 
 
 @dataclass
@@ -84,6 +87,9 @@ def specs(shape: str, arch: int):
         return
     if shape in SSD_SHAPES:  # their conv (width 4, SiLU, bias) is the GDN shapes' own, channels a runtime argument
         yield from ssd_specs(*SSD_SHAPES[shape])
+        return
+    if shape in SCAN_SHAPES:
+        yield from scan_specs(*SCAN_SHAPES[shape])
         return
     per_channel = shape in KDA_SHAPES
     num_k_heads, num_v_heads, k_dim, v_dim, conv_dim, dtype = (KDA_SHAPES if per_channel else SHAPES)[shape]
@@ -146,6 +152,21 @@ def ssd_specs(num_heads: int, head_dim: int, num_groups: int, state_size: int, d
     yield Spec("ssd_recurrent", ssd_triton.recurrent_ssd_kernel,
                dict(**tensors, state=fp32, y=data, T="i32", dt_min="fp32", dt_max="fp32"),
                dict(BP=min(launch.block_size(head_dim), ssd_triton.BLOCK_P), **dims), num_warps=4, num_stages=3)
+
+
+def scan_specs(dim: int, state_size: int, dtype: str):
+    """Mamba's selective scan: with and without an initial state (a prefill with checkpoints; a decode step reads and
+    writes its state in place)."""
+    data, fp32 = f"*{dtype}", "*fp32"
+    tensors = dict(x=data, dt=data, A=fp32, B=data, C=data, D=fp32, dt_bias=fp32)
+    for initial_state in (True, False):
+        yield Spec(f"selective_scan{'' if initial_state else ' (no h0)'}", scan_triton.selective_scan_kernel,
+                   dict(**tensors, **({"h0": fp32} if initial_state else {}), y=data, ht=fp32, checkpoint_of_token="*i32",
+                        h_ckpt=fp32, T="i32", BATCH="i32"),
+                   dict(**({} if initial_state else {"h0": None}), DIM=dim, N=state_size, BD=scan_triton.BLOCK_D,
+                        BN=launch.block_size(state_size), HAS_D=True, HAS_BIAS=True, HAS_INITIAL=initial_state,
+                        HAS_CHECKPOINTS=True),
+                   num_warps=4, num_stages=3)
 
 
 def conv_specs(data: str, width: int, silu: bool, bias: bool):
@@ -221,7 +242,7 @@ def is_clean(row: dict) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    every_shape = [*SHAPES, *KDA_SHAPES, *SHORT_CONV_SHAPES, *SSD_SHAPES]
+    every_shape = [*SHAPES, *KDA_SHAPES, *SHORT_CONV_SHAPES, *SSD_SHAPES, *SCAN_SHAPES]
     parser.add_argument("--shapes", nargs="+", choices=every_shape, default=every_shape)
     parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--kernels", nargs="+", default=None, help="only these kernels (names as in the table)")

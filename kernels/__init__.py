@@ -1,4 +1,5 @@
-"""GDN, Mamba2 (SSD) and causal-conv kernels: Triton on CUDA, PyTorch on CPU, one reference per op.
+"""Gated delta rule (GDN, KDA), Mamba2 (SSD), Mamba selective-scan and causal-conv kernels: Triton on CUDA,
+PyTorch on CPU, one reference per op.
 
 Installed as `hf_hybrid_cache.kernels` (pyproject's `package-dir`); nothing here imports transformers.
 
@@ -34,7 +35,10 @@ else:
         chunk_ssd,
         gated_delta_rule_varlen,
         recurrent_gated_delta_rule,
+        recurrent_selective_scan,
         recurrent_ssd,
+        selective_scan,
+        selective_scan_varlen,
         ssd_varlen,
     )
 

@@ -152,3 +152,24 @@ def check_ssd(x, dt, A, B, C, D, dt_bias, dt_limit, state=None, state_name="init
     if B.dtype != C.dtype:
         raise TypeError(f"B and C must share one dtype, got {B.dtype} and {C.dtype}; cast them alike")
     _same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, **{state_name: state})
+
+
+def check_selective_scan(x, dt, A, B, C, D, dt_bias, state=None, state_name="initial_state") -> None:
+    """x, dt `[B, T, D]`; A `[D, N]`; B, C `[B, T, N]`; D, dt_bias `[D]`; state `[B, D, N]`."""
+    _ndim("x", x, 3, "[B, T, D]")
+    _ndim("A", A, 2, "[D, N] (a decay rate per channel and state element)")
+    batch_size, seq_len, dim = x.shape
+    state_size = A.shape[1]
+    if seq_len < 1:
+        raise ValueError("the sequence is empty (T = 0); skip the call instead")
+    _shape("dt", dt, x.shape, "[B, T, D] (as x)")
+    _shape("A", A, (dim, state_size), "[D, N] (D as x's last dim)")
+    _shape("B", B, (batch_size, seq_len, state_size), "[B, T, N] (N as A's last dim)")
+    _shape("C", C, B.shape, "[B, T, N] (as B)")
+    for name, param in (("D", D), ("dt_bias", dt_bias)):
+        if param is not None:
+            _shape(name, param, (dim,), "[D]")
+    if state is not None:
+        _shape(state_name, state, (batch_size, dim, state_size), "[B, D, N]")
+    _floating(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, **{state_name: state})
+    _same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, **{state_name: state})

@@ -14,6 +14,7 @@ from .checks import (
     check_causal_conv1d,
     check_gated_delta_rule,
     check_recurrent_state,
+    check_selective_scan,
     check_ssd,
     check_varlen,
     normalize_offsets,
@@ -22,8 +23,15 @@ from .chunk_cpu import chunk_gated_delta_rule_cpu
 from .conv_cpu import causal_conv1d_cpu, causal_conv1d_update_cpu
 from .kda_cpu import chunk_kda_cpu
 from .recurrent_cpu import recurrent_gated_delta_rule_cpu
+from .scan_cpu import recurrent_selective_scan_cpu, selective_scan_cpu
 from .ssd_cpu import chunk_ssd_cpu, recurrent_ssd_cpu
-from .varlen import NO_DT_LIMIT, causal_conv1d_varlen_impl, gated_delta_rule_varlen_impl, ssd_varlen_impl
+from .varlen import (
+    NO_DT_LIMIT,
+    causal_conv1d_varlen_impl,
+    gated_delta_rule_varlen_impl,
+    selective_scan_varlen_impl,
+    ssd_varlen_impl,
+)
 
 # op name -> the module holding its `<op>_triton` launcher
 _TRITON_MODULES = {
@@ -33,9 +41,11 @@ _TRITON_MODULES = {
     "causal_conv1d_update": "conv_triton",
     "chunk_ssd": "ssd_triton",
     "recurrent_ssd": "ssd_triton",
+    "selective_scan": "scan_triton",
+    "recurrent_selective_scan": "scan_triton",
 }
 # Public ops composed of the ones above (`varlen.py`): they run those ops' launchers, none of their own.
-COMPOSED_OPS = ("causal_conv1d_varlen", "gated_delta_rule_varlen", "ssd_varlen")
+COMPOSED_OPS = ("causal_conv1d_varlen", "gated_delta_rule_varlen", "ssd_varlen", "selective_scan_varlen")
 
 
 def _triton_launcher(op: str):
@@ -266,6 +276,68 @@ def ssd_varlen(
     )
 
 
+@_without_autocast
+def selective_scan(
+    x, dt, A, B, C, D=None, dt_bias=None, initial_state=None, checkpoint_offsets=()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mamba's (v1: Jamba's) selective scan over a whole sequence, with the states after each checkpoint offset, in
+    one pass: a decay per channel and state element, exp(softplus(dt + dt_bias) A).
+
+    Args:
+        x, dt: `[B, T, D]` (dt before `dt_bias` and softplus); A: `[D, N]` (negative, -exp(A_log)); B, C: `[B, T, N]`;
+            D (the skip), dt_bias: `[D]` or None.
+        initial_state: `[B, D, N]` or None (zeros), as transformers keeps it.
+        checkpoint_offsets: strictly increasing ints in [1, T], any positions.
+
+    Returns:
+        y `[B, T, D]` in x's dtype (the skip included, not gated), the final state `[B, D, N]` fp32, and the
+        checkpoint states `[len(checkpoint_offsets), B, D, N]` fp32.
+    """
+    check_selective_scan(x, dt, A, B, C, D, dt_bias, state=initial_state)
+    checkpoint_offsets = normalize_offsets(checkpoint_offsets, seq_len=x.shape[1])
+    impl = _triton_launcher("selective_scan") if x.is_cuda else selective_scan_cpu
+    return impl(x, dt, A, B, C, D, dt_bias, initial_state=initial_state, checkpoint_offsets=checkpoint_offsets)
+
+
+@_without_autocast
+def recurrent_selective_scan(x, dt, A, B, C, D=None, dt_bias=None, *, state) -> torch.Tensor:
+    """Decode step(s), T small: shapes as `selective_scan`; `state` `[B, D, N]` fp32 updated in place (its address
+    never changes). Returns y `[B, T, D]` in x's dtype."""
+    check_selective_scan(x, dt, A, B, C, D, dt_bias, state=state, state_name="state")
+    check_recurrent_state(state)
+    impl = _triton_launcher("recurrent_selective_scan") if x.is_cuda else recurrent_selective_scan_cpu
+    return impl(x, dt, A, B, C, D, dt_bias, state)
+
+
+@_without_autocast
+def selective_scan_varlen(
+    x, dt, A, B, C, D, dt_bias, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba's selective scan over packed sequences, each starting from its slot of a state pool (continuous
+    batching): single-token sequences in one batched recurrent call, longer ones scanned one by one.
+
+    Args:
+        x, dt: `[1, T, D]`; B, C: `[1, T, N]` (as `selective_scan`, packed); A, D, dt_bias as `selective_scan`.
+            cu_seqlens, state_indices, has_initial_state, checkpoint_offsets: as `causal_conv1d_varlen`.
+            states: `[S, D, N]` fp32, the pool, updated in place.
+
+    Returns:
+        y `[1, T, D]` in x's dtype and the checkpoint states `[sum of the lists' lengths, D, N]` fp32.
+    """
+    check_selective_scan(x, dt, A, B, C, D, dt_bias)
+    check_recurrent_state(states)
+    if x.shape[0] != 1 or states.shape[1:] != A.shape:
+        raise ValueError(f"x must be one packed row [1, T, D] and states [S, D, N] = [S, {A.shape[0]}, {A.shape[1]}], "
+                         f"got {list(x.shape)} and {list(states.shape)}")
+    cu_seqlens, state_indices, has_initial_state, checkpoint_offsets = check_varlen(
+        x.shape[1], cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets
+    )
+    return selective_scan_varlen_impl(
+        x, dt, A, B, C, D, dt_bias, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets,
+        ops=(selective_scan, recurrent_selective_scan),
+    )
+
+
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
@@ -274,6 +346,9 @@ __all__ = [
     "chunk_ssd",
     "gated_delta_rule_varlen",
     "recurrent_gated_delta_rule",
+    "recurrent_selective_scan",
     "recurrent_ssd",
+    "selective_scan",
+    "selective_scan_varlen",
     "ssd_varlen",
 ]

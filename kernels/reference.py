@@ -211,3 +211,59 @@ def recurrent_ssd_ref(x, dt, A, B, C, D, dt_bias, dt_limit, state) -> torch.Tens
     y, final_state, _ = chunk_ssd_ref(x, dt, A, B, C, D, dt_bias, dt_limit, initial_state=state)
     state.copy_(final_state)
     return y
+
+
+def selective_scan_ref(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    checkpoint_offsets: list[int] | tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mamba's (v1: Jamba's) selective scan, one token at a time, in fp32.
+
+    Per channel d and token t, with S `[D, N]` (a decay per channel and state element):
+        s = softplus(dt_t + dt_bias);  S[d] = exp(s[d] A[d]) S[d] + s[d] x_t[d] B_t;  y_t[d] = S[d] . C_t + D[d] x_t[d]
+
+    Args:
+        x, dt: `[B, T, D]` (dt before bias and softplus); A: `[D, N]` (negative: -exp(A_log)); B, C: `[B, T, N]`;
+            D (the skip), dt_bias: `[D]` or None.
+        initial_state: `[B, D, N]` or None (zeros), as transformers keeps it.
+        checkpoint_offsets: strictly increasing ints in [1, T]: also return the state after that many tokens.
+
+    Returns:
+        y `[B, T, D]` in x's dtype, the final state `[B, D, N]` fp32, and the checkpoint states
+        `[len(checkpoint_offsets), B, D, N]` fp32.
+    """
+    batch_size, seq_len, dim = x.shape
+    step = F.softplus(dt.float() + (0.0 if dt_bias is None else dt_bias.float()))
+    state = (
+        torch.zeros(batch_size, dim, A.shape[1], dtype=torch.float32, device=x.device)
+        if initial_state is None
+        else initial_state.float().clone()
+    )
+    outputs, checkpoints, wanted = [], [], set(checkpoint_offsets)
+    for t in range(seq_len):
+        decay = torch.exp(step[:, t, :, None] * A.float())
+        state = decay * state + (step[:, t] * x[:, t].float())[..., None] * B[:, t, None, :].float()
+        y = torch.einsum("bdn,bn->bd", state, C[:, t].float())
+        if D is not None:
+            y = y + D.float() * x[:, t].float()
+        outputs.append(y)
+        if t + 1 in wanted:
+            checkpoints.append(state.clone())
+    checkpoint_states = (
+        torch.stack(checkpoints) if checkpoints else _empty_checkpoints(batch_size, *state.shape[1:], like=state)
+    )
+    return torch.stack(outputs, dim=1).to(x.dtype), state, checkpoint_states
+
+
+def recurrent_selective_scan_ref(x, dt, A, B, C, D, dt_bias, state) -> torch.Tensor:
+    """A few decode steps; `state` `[B, D, N]` fp32 is updated in place. Returns y `[B, T, D]`."""
+    y, final_state, _ = selective_scan_ref(x, dt, A, B, C, D, dt_bias, initial_state=state)
+    state.copy_(final_state)
+    return y

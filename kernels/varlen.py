@@ -120,3 +120,32 @@ def ssd_varlen_impl(
         states[slot] = final[0]
         checkpoints[i] = checkpoints[i][:, 0]
     return out, torch.cat(checkpoints) if checkpoints else states.new_empty(0, *states.shape[1:])
+
+
+def selective_scan_varlen_impl(
+    x, dt, A, B, C, D, dt_bias, cu_seqlens, states, state_indices, has_initial_state, checkpoint_offsets, ops,
+):
+    """See `dispatch.selective_scan_varlen`. `ops`: (selective_scan, recurrent_selective_scan)."""
+    scan, recurrent = ops
+    out = torch.empty_like(x)
+    checkpoints = [None] * len(state_indices)
+    decode, prefill = split_by_length(cu_seqlens)
+    if decode:
+        rows = torch.tensor([cu_seqlens[i] for i in decode], device=x.device)
+        slots = [state_indices[i] for i in decode]
+        state = _gather(states, slots, [not has_initial_state[i] for i in decode])
+        step = [t[0, rows, None] for t in (x, dt, B, C)]  # [N, 1, ...]
+        out[0, rows] = recurrent(step[0], step[1], A, step[2], step[3], D=D, dt_bias=dt_bias, state=state)[:, 0]
+        states[torch.tensor(slots, device=x.device)] = state
+        for n, i in enumerate(decode):
+            checkpoints[i] = state[n : n + 1] if checkpoint_offsets[i] else state[:0]
+    for i in prefill:
+        begin, end, slot = cu_seqlens[i], cu_seqlens[i + 1], state_indices[i]
+        initial = states[slot : slot + 1] if has_initial_state[i] else None
+        out[:, begin:end], final, checkpoints[i] = scan(
+            x[:, begin:end], dt[:, begin:end], A, B[:, begin:end], C[:, begin:end], D=D, dt_bias=dt_bias,
+            initial_state=initial, checkpoint_offsets=checkpoint_offsets[i],
+        )
+        states[slot] = final[0]
+        checkpoints[i] = checkpoints[i][:, 0]
+    return out, torch.cat(checkpoints) if checkpoints else states.new_empty(0, *states.shape[1:])

@@ -13,7 +13,7 @@ from transformers.integrations.accelerate import force_accelerate_hooks
 
 from .. import kernels
 from ..kernels.dispatch import NO_DT_LIMIT
-from .one_pass import OnePassMixer, cached_causal_conv, runs_on_transformers, scan_and_record
+from .one_pass import OnePassMixer, cached_causal_conv, runs_on_transformers, scan_and_record, zero_padding
 
 
 class PrefixMamba2Mixer(OnePassMixer):
@@ -36,7 +36,7 @@ class PrefixMamba2Mixer(OnePassMixer):
             return super().forward(hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
         batch_size, seq_len, _ = hidden_states.shape
         dtype = hidden_states.dtype
-        hidden_states = _zero_padding(hidden_states, attention_mask)
+        hidden_states = zero_padding(hidden_states, attention_mask)
         gate, mixed, dt = self.project(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
         recurrent_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
         decoding = recurrent_state is not None and cache.get_conv_state(self.layer_idx) is not None and seq_len == 1
@@ -44,7 +44,7 @@ class PrefixMamba2Mixer(OnePassMixer):
         offsets = recorder.snapshot_offsets(self.layer_idx, seq_len) if recorder is not None else []
         conv_out, conv_checkpoints = cached_causal_conv(self, mixed.transpose(1, 2), cache, offsets, decoding,
                                                         self.activation)
-        x, B, C = self._split(_zero_padding(conv_out.transpose(1, 2), attention_mask), batch_size, seq_len)
+        x, B, C = self._split(zero_padding(conv_out.transpose(1, 2), attention_mask), batch_size, seq_len)
         A = -torch.exp(self.A_log.float())
         limit = self.time_step_limit or NO_DT_LIMIT
         if decoding:
@@ -100,11 +100,3 @@ class PrefixMamba2Mixer(OnePassMixer):
         )
         cache.stage_checkpoints(self.layer_idx, conv_checkpoints, checkpoints)
         return self.out_proj(self.gate(y.reshape(1, seq_len, self.intermediate_size), gate).to(dtype))
-
-
-def _zero_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """The 2D padding mask (left padding) applied as transformers' Mamba2 mixers apply it: padded positions
-    enter the conv and the scan as zeros."""
-    if attention_mask is None:
-        return hidden_states
-    return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)

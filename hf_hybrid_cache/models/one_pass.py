@@ -25,6 +25,14 @@ def runs_on_transformers(module: torch.nn.Module, hidden_states: torch.Tensor, c
     )
 
 
+def zero_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The 2D padding mask (left padding) applied as transformers' recurrent mixers apply it: padded positions enter
+    the conv and the scan as zeros."""
+    if attention_mask is None:
+        return hidden_states
+    return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
+
+
 def cached_causal_conv(module, mixed: torch.Tensor, cache, offsets: list[int], decoding: bool, activation):
     """The layer's causal conv (`module.conv1d` or `module.conv`) over one step, continuing the cache's conv state.
 

@@ -1,6 +1,6 @@
 """What a model needs of this package: the mixers with an adapter, and the adapter module of each
-(gated-delta-rule mixers, Mamba2 mixers and LFM2's short convs on our one-pass kernels, Jamba's Mamba layer made to continue
-from a restored state), and how a request's prompt is keyed (`prompt_keying`).
+(gated-delta-rule and KDA mixers, Mamba2 and Mamba mixers and short convs, all on our one-pass kernels), and how a
+request's prompt is keyed (`prompt_keying`).
 
 Keyed by the name of transformers' mixer class, so that an adapter (and its transformers modeling module)
 is imported only when a model holding that mixer shows up. An adapter module maps transformers' class to
@@ -78,8 +78,8 @@ def patched_mixer_class(module: torch.nn.Module) -> type | None:
 
 
 def is_one_pass_mixer(module: torch.nn.Module) -> bool:
-    """Whether `module` takes its boundary states inside a forward (our GatedDeltaNets, Mamba2 mixers and short
-    convs)."""
+    """Whether `module` takes its boundary states inside a forward (our GatedDeltaNets and KDA layers, Mamba2 and
+    Mamba mixers, short convs)."""
     return isinstance(module, OnePassMixer)
 
 

@@ -17,7 +17,7 @@ from hf_hybrid_cache.tiny import tiny_model
 # Kimi-Linear and Bailing: KDA beside latent attention, which transformers' engine pages from 5.25 on.
 LATENT_ATTENTION = pytest.mark.skipif(not seams.CB_PAGES_LATENT_ATTENTION, reason="5.24's engine does not page MLA")
 ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe", "lfm3",
-                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1", "zamba2",
+                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1", "zamba2", "jamba",
                      pytest.param("kimi_linear", marks=LATENT_ATTENTION), pytest.param("bailing_hybrid", marks=LATENT_ATTENTION)]
 
 
@@ -26,9 +26,10 @@ def qwen3_5():
     return tiny_model("qwen3_5", seed=0), hhc.patch(tiny_model("qwen3_5", seed=0))
 
 
-@pytest.fixture(scope="module", params=["qwen3_5", "lfm2", "nemotron_h", "falcon_h1",
+@pytest.fixture(scope="module", params=["qwen3_5", "lfm2", "nemotron_h", "falcon_h1", "jamba",
                                         pytest.param("kimi_linear", marks=LATENT_ATTENTION)],
-                ids=["gated-delta-net", "short-conv", "mamba2", "mamba2-beside-attention", "kda-beside-latent-attention"])
+                ids=["gated-delta-net", "short-conv", "mamba2", "mamba2-beside-attention", "mamba",
+                     "kda-beside-latent-attention"])
 def layer_kinds(request):
     """(cold, patched) models of each recurrent layer kind continuous batching runs."""
     return tiny_model(request.param, seed=0), hhc.patch(tiny_model(request.param, seed=0))
@@ -263,7 +264,7 @@ def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
 
 
 @pytest.mark.parametrize("family, overrides, reason", [
-    ("jamba", {}, "generic path"),
+    ("zamba", {}, "generic path"),
     ("qwen4_exp", {}, "indexed_attention"),
     ("lfm3", dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"], sliding_window=24),
      "full_attention and sliding_attention"),

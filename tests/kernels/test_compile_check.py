@@ -11,12 +11,12 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compile_check.py"
 KERNELS = {"l2norm", "chunk_kkt", "kda_kkt", "chunk_solve", "chunk_wy", "chunk_state", "chunk_state (no h0)", "chunk_output",
            "chunk_checkpoint", "recurrent", "conv", "conv_states", "conv_update", "ssd_chunk", "ssd_chunk (no h0)",
-           "ssd_recurrent"}
+           "ssd_recurrent", "selective_scan", "selective_scan (no h0)"}
 
 
 def test_every_kernel_compiles_clean_for_every_arch():
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(SCRIPT), "--shapes", "test", "kda_test", "ssd_test", "--json"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(SCRIPT), "--shapes", "test", "kda_test", "ssd_test", "scan_test", "--json"], capture_output=True, text=True,
                             env=env, timeout=900)
     rows = json.loads(result.stdout)
     assert {row["kernel"] for row in rows} == KERNELS

@@ -9,9 +9,10 @@ import hf_hybrid_cache as hhc
 from cold_oracle import FIRST_LOGITS_TOLERANCE, random_tokens
 from hf_hybrid_cache.tiny import tiny_model
 
-# The one-pass path (GDNs, a VLM's text too, LFM2's short convs), the generic path (Mamba2, Jamba, KDA with MLA),
-# sliding windows, attention only.
-FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_vl", "nemotron_h", "lfm2", "jamba", "kimi_linear", "gemma3_text", "llama"]
+# The one-pass path (GDNs, a VLM's text too, Mamba2, Mamba, LFM2's short convs, KDA beside MLA), the generic path
+# (LARA-mini: GDN and conv layers beside sliding windows), sliding windows, attention only.
+FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_vl", "nemotron_h", "lfm2", "jamba", "kimi_linear", "lara_mini", "gemma3_text",
+            "llama"]
 BLOCK_SIZE = 16
 MAX_NEW_TOKENS = 8
 

@@ -25,7 +25,7 @@ MAX_NEW_TOKENS = 6
 EXPECTED_PATH = {
     **dict.fromkeys(["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen3_5_vl", "qwen4_exp", "lfm2", "lfm2_moe",
                      "lfm3", "nemotron_h", "granitemoehybrid", "falcon_h1", "bamba", "zamba2", "nemotron_h_omni",
-                     "nemo_speechlm", "kimi_linear", "bailing_hybrid", "glm5_next"], "one-pass"),
+                     "nemo_speechlm", "kimi_linear", "bailing_hybrid", "glm5_next", "jamba"], "one-pass"),
     **dict.fromkeys(["llama", "qwen3", "mistral", "mistral_sliding", "gemma3_text", "gpt_oss"], "attention-only"),
 }
 
@@ -136,8 +136,9 @@ def test_branch_point_is_saved_and_served(family):
 
 
 def test_jamba_continues_multi_token_steps_from_the_cached_state():
-    """transformers' Jamba Mamba layer starts every multi-token step from a zero SSM state; the adapter makes
-    a prefill continued on a cache equal one forward, and leaves unpatched Jamba models as they were."""
+    """transformers' Jamba Mamba layer starts every multi-token step from a zero SSM state. Where the patched layer
+    still runs transformers' forward (autograd: these parameters require grad and no `no_grad` is on), the adapter
+    makes a prefill continued on a cache equal one forward, and leaves unpatched Jamba models as they were."""
     unpatched = tiny_model("jamba", seed=0)
     before = split_continuation_error(unpatched)
     assert split_continuation_error(hhc.patch(tiny_model("jamba", seed=0))) < 1e-4
