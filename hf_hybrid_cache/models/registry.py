@@ -53,6 +53,7 @@ ADAPTER_MODULES = {
     "Qwen3_5MoeGatedDeltaNet": "hf_hybrid_cache.models.qwen3_5",
     "OlmoHybridGatedDeltaNet": "hf_hybrid_cache.models.olmo_hybrid",
     "Qwen4ExpTextGatedDeltaNet": "hf_hybrid_cache.models.qwen4_exp",
+    "LaraMiniGatedDeltaNet": "hf_hybrid_cache.models.lara_mini",
     "JambaMambaMixer": "hf_hybrid_cache.models.jamba",
     "Lfm2ShortConv": "hf_hybrid_cache.models.lfm2",
     "Lfm2MoeShortConv": "hf_hybrid_cache.models.lfm2",

@@ -10,8 +10,8 @@ from cold_oracle import FIRST_LOGITS_TOLERANCE, random_tokens
 from hf_hybrid_cache.tiny import tiny_model
 
 # The one-pass path (GDNs, a VLM's text too, Mamba2, Mamba, LFM2's short convs, KDA beside MLA), the generic path
-# (LARA-mini: GDN and conv layers beside sliding windows), sliding windows, attention only.
-FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_vl", "nemotron_h", "lfm2", "jamba", "kimi_linear", "lara_mini", "gemma3_text",
+# (Inkling: short convs inside "hybrid_sliding" layers), sliding windows, attention only.
+FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_vl", "nemotron_h", "lfm2", "jamba", "kimi_linear", "inkling", "gemma3_text",
             "llama"]
 BLOCK_SIZE = 16
 MAX_NEW_TOKENS = 8
