@@ -155,7 +155,8 @@ def check_ssd(x, dt, A, B, C, D, dt_bias, dt_limit, state=None, state_name="init
 
 
 def check_selective_scan(x, dt, A, B, C, D, dt_bias, state=None, state_name="initial_state") -> None:
-    """x, dt `[B, T, D]`; A `[D, N]`; B, C `[B, T, N]`; D, dt_bias `[D]`; state `[B, D, N]`."""
+    """x, dt `[B, T, D]`; A `[D, N]`; B, C `[B, T, N]` or `[B, T, G, N]` with D % G == 0; D, dt_bias `[D]`;
+    state `[B, D, N]`."""
     _ndim("x", x, 3, "[B, T, D]")
     _ndim("A", A, 2, "[D, N] (a decay rate per channel and state element)")
     batch_size, seq_len, dim = x.shape
@@ -164,8 +165,13 @@ def check_selective_scan(x, dt, A, B, C, D, dt_bias, state=None, state_name="ini
         raise ValueError("the sequence is empty (T = 0); skip the call instead")
     _shape("dt", dt, x.shape, "[B, T, D] (as x)")
     _shape("A", A, (dim, state_size), "[D, N] (D as x's last dim)")
-    _shape("B", B, (batch_size, seq_len, state_size), "[B, T, N] (N as A's last dim)")
-    _shape("C", C, B.shape, "[B, T, N] (as B)")
+    if B.dim() == 4:
+        _shape("B", B, (batch_size, seq_len, B.shape[2], state_size), "[B, T, G, N] (N as A's last dim)")
+        if dim % B.shape[2]:
+            raise ValueError(f"D = {dim} channels must be a multiple of G = {B.shape[2]} groups of B and C")
+    else:
+        _shape("B", B, (batch_size, seq_len, state_size), "[B, T, N] (N as A's last dim) or [B, T, G, N]")
+    _shape("C", C, B.shape, "as B")
     for name, param in (("D", D), ("dt_bias", dt_bias)):
         if param is not None:
             _shape(name, param, (dim,), "[D]")

@@ -284,8 +284,9 @@ def selective_scan(
     one pass: a decay per channel and state element, exp(softplus(dt + dt_bias) A).
 
     Args:
-        x, dt: `[B, T, D]` (dt before `dt_bias` and softplus); A: `[D, N]` (negative, -exp(A_log)); B, C: `[B, T, N]`;
-            D (the skip), dt_bias: `[D]` or None.
+        x, dt: `[B, T, D]` (dt before `dt_bias` and softplus); A: `[D, N]` (negative, -exp(A_log)); B, C: `[B, T, N]`,
+            or `[B, T, G, N]` with D a multiple of G (channel d reads group d // (D // G)); D (the skip), dt_bias:
+            `[D]` or None.
         initial_state: `[B, D, N]` or None (zeros), as transformers keeps it.
         checkpoint_offsets: strictly increasing ints in [1, T], any positions.
 
@@ -317,7 +318,7 @@ def selective_scan_varlen(
     batching): single-token sequences in one batched recurrent call, longer ones scanned one by one.
 
     Args:
-        x, dt: `[1, T, D]`; B, C: `[1, T, N]` (as `selective_scan`, packed); A, D, dt_bias as `selective_scan`.
+        x, dt: `[1, T, D]`; B, C: `[1, T, N]` or `[1, T, G, N]` (as `selective_scan`, packed); A, D, dt_bias as `selective_scan`.
             cu_seqlens, state_indices, has_initial_state, checkpoint_offsets: as `causal_conv1d_varlen`.
             states: `[S, D, N]` fp32, the pool, updated in place.
 

@@ -226,12 +226,13 @@ def selective_scan_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mamba's (v1: Jamba's) selective scan, one token at a time, in fp32.
 
-    Per channel d and token t, with S `[D, N]` (a decay per channel and state element):
-        s = softplus(dt_t + dt_bias);  S[d] = exp(s[d] A[d]) S[d] + s[d] x_t[d] B_t;  y_t[d] = S[d] . C_t + D[d] x_t[d]
+    Per channel d (in group g = d // (D // G)) and token t, with S `[D, N]` (a decay per channel and state element):
+        s = softplus(dt_t + dt_bias);  S[d] = exp(s[d] A[d]) S[d] + s[d] x_t[d] B_t[g];  y_t[d] = S[d] . C_t[g] + D[d] x_t[d]
 
     Args:
-        x, dt: `[B, T, D]` (dt before bias and softplus); A: `[D, N]` (negative: -exp(A_log)); B, C: `[B, T, N]`;
-            D (the skip), dt_bias: `[D]` or None.
+        x, dt: `[B, T, D]` (dt before bias and softplus); A: `[D, N]` (negative: -exp(A_log)); B, C: `[B, T, N]`
+            (one group, Jamba) or `[B, T, G, N]` with D a multiple of G (Zamba's heads); D (the skip), dt_bias: `[D]`
+            or None.
         initial_state: `[B, D, N]` or None (zeros), as transformers keeps it.
         checkpoint_offsets: strictly increasing ints in [1, T]: also return the state after that many tokens.
 
@@ -240,6 +241,7 @@ def selective_scan_ref(
         `[len(checkpoint_offsets), B, D, N]` fp32.
     """
     batch_size, seq_len, dim = x.shape
+    B, C = (per_channel(t, dim) for t in (B, C))  # [B, T, D, N]
     step = F.softplus(dt.float() + (0.0 if dt_bias is None else dt_bias.float()))
     state = (
         torch.zeros(batch_size, dim, A.shape[1], dtype=torch.float32, device=x.device)
@@ -249,8 +251,8 @@ def selective_scan_ref(
     outputs, checkpoints, wanted = [], [], set(checkpoint_offsets)
     for t in range(seq_len):
         decay = torch.exp(step[:, t, :, None] * A.float())
-        state = decay * state + (step[:, t] * x[:, t].float())[..., None] * B[:, t, None, :].float()
-        y = torch.einsum("bdn,bn->bd", state, C[:, t].float())
+        state = decay * state + (step[:, t] * x[:, t].float())[..., None] * B[:, t]
+        y = torch.einsum("bdn,bdn->bd", state, C[:, t])
         if D is not None:
             y = y + D.float() * x[:, t].float()
         outputs.append(y)
@@ -260,6 +262,15 @@ def selective_scan_ref(
         torch.stack(checkpoints) if checkpoints else _empty_checkpoints(batch_size, *state.shape[1:], like=state)
     )
     return torch.stack(outputs, dim=1).to(x.dtype), state, checkpoint_states
+
+
+def per_channel(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """B or C of the selective scan, `[B, T, N]` or `[B, T, G, N]`, as `[B, T, D, N]` fp32 (channel d reads group
+    d // (D // G))."""
+    x = x.float()
+    if x.dim() == 3:
+        return x[:, :, None, :].expand(-1, -1, dim, -1)
+    return x.repeat_interleave(dim // x.shape[2], dim=2)
 
 
 def recurrent_selective_scan_ref(x, dt, A, B, C, D, dt_bias, state) -> torch.Tensor:

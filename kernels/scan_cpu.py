@@ -10,6 +10,8 @@ and its outputs read off the stored states in one contraction. Memory: a few `[B
 import torch
 import torch.nn.functional as F
 
+from .reference import per_channel
+
 # Tokens whose decays, inputs and states are held at once.
 TIME_BLOCK = 128
 
@@ -17,7 +19,8 @@ TIME_BLOCK = 128
 def selective_scan_cpu(
     x, dt, A, B, C, D=None, dt_bias=None, initial_state=None, checkpoint_offsets=()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x, dt `[B, T, D]`; A `[D, N]`; B, C `[B, T, N]`; D, dt_bias `[D]` or None; initial_state `[B, D, N]` or None.
+    """x, dt `[B, T, D]`; A `[D, N]`; B, C `[B, T, N]` or `[B, T, G, N]`; D, dt_bias `[D]` or None; initial_state
+    `[B, D, N]` or None.
 
     Returns y `[B, T, D]` in x's dtype, the final state `[B, D, N]` fp32 and the checkpoint states `[n, B, D, N]`.
     """
@@ -33,12 +36,12 @@ def selective_scan_cpu(
         end = min(begin + TIME_BLOCK, seq_len)
         decay = torch.exp(step[:, begin:end, :, None] * A.float())  # [B, L, D, N]
         # states[:, t] starts as token t's input s x B and becomes the state after it, in place.
-        states = (step[:, begin:end] * x[:, begin:end].float())[..., None] * B[:, begin:end, None, :].float()
+        states = (step[:, begin:end] * x[:, begin:end].float())[..., None] * per_channel(B[:, begin:end], dim)
         for t in range(end - begin):
             state = states[:, t].addcmul_(decay[:, t], state)
             if begin + t in checkpoint_at:
                 checkpoints[checkpoint_at[begin + t]] = state
-        y[:, begin:end] = torch.einsum("bldn,bln->bld", states, C[:, begin:end].float())
+        y[:, begin:end] = torch.einsum("bldn,bldn->bld", states, per_channel(C[:, begin:end], dim))
     if D is not None:
         y += D.float() * x.float()
     # A copy: the last block's states are not kept alive by the returned state.

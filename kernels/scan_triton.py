@@ -21,12 +21,13 @@ BLOCK_D = 32
 @triton.jit
 def selective_scan_kernel(
     x, dt, A, B, C, D, dt_bias, h0, y, ht, checkpoint_of_token, h_ckpt, T, BATCH,
-    DIM: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
+    DIM: tl.constexpr, G: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_INITIAL: tl.constexpr, HAS_CHECKPOINTS: tl.constexpr,
 ):
-    """For each token t: s = softplus(dt_t + dt_bias); S = exp(s A) S + (s x_t) B_t; y_t = S C_t + D x_t.
+    """For each token t: s = softplus(dt_t + dt_bias); S = exp(s A) S + (s x_t) B_t; y_t = S C_t + D x_t, channel d
+    reading group d // (DIM // G) of B and C.
 
-    x, dt, y `[B, T, DIM]`; A `[DIM, N]`; B, C `[B, T, N]`; h0, ht `[B, DIM, N]` fp32 (may be one tensor);
+    x, dt, y `[B, T, DIM]`; A `[DIM, N]`; B, C `[B, T, G, N]`; h0, ht `[B, DIM, N]` fp32 (may be one tensor);
     checkpoint_of_token `[T]` int32: the checkpoint index of the state after token t, or -1; h_ckpt
     `[num_ckpts, B, DIM, N]`. Grid: (cdiv(DIM, BD), B).
     """
@@ -35,6 +36,7 @@ def selective_scan_kernel(
     m_d, m_n = o_d < DIM, o_n < N
     m_dn = m_d[:, None] & m_n[None, :]
     o_state = (i_b * DIM + o_d[:, None]) * N + o_n[None, :]
+    o_group = (tl.minimum(o_d, DIM - 1) // (DIM // G))[:, None] * N + o_n[None, :]  # B, C of each channel's group
     # Padded state columns get A = 0 and B = 0: they stay 0.
     b_a = tl.load(A + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0).to(tl.float32)
     b_h = tl.zeros([BD, BN], dtype=tl.float32)
@@ -52,10 +54,10 @@ def selective_scan_kernel(
             b_dt += b_bias
         # softplus as torch computes it (linear above 20); the where() keeps exp's overflow out of the result.
         b_dt = tl.where(b_dt > 20.0, b_dt, tl.log(1.0 + tl.exp(tl.minimum(b_dt, 20.0))))
-        b_B = tl.load(B + o_bt * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-        b_C = tl.load(C + o_bt * N + o_n, mask=m_n, other=0.0).to(tl.float32)
-        b_h = tl.exp(b_dt[:, None] * b_a) * b_h + (b_dt * b_x)[:, None] * b_B[None, :]
-        b_y = tl.sum(b_h * b_C[None, :], axis=1)
+        b_B = tl.load(B + o_bt * G * N + o_group, mask=m_dn, other=0.0).to(tl.float32)
+        b_C = tl.load(C + o_bt * G * N + o_group, mask=m_dn, other=0.0).to(tl.float32)
+        b_h = tl.exp(b_dt[:, None] * b_a) * b_h + (b_dt * b_x)[:, None] * b_B
+        b_y = tl.sum(b_h * b_C, axis=1)
         if HAS_D:
             b_y += b_skip * b_x
         p_y = y + o_bt * DIM + o_d
@@ -80,7 +82,7 @@ def _launch(x, dt, A, B, C, D, dt_bias, h0, ht, checkpoint_offsets=()) -> tuple[
     state_size = A.shape[1]
     selective_scan_kernel[(triton.cdiv(dim, BLOCK_D), batch_size)](
         x, dt, A.contiguous(), B, C, D, dt_bias, h0, y, ht, checkpoint_of_token, checkpoints, seq_len, batch_size,
-        DIM=dim, N=state_size, BD=BLOCK_D, BN=block_size(state_size), HAS_D=D is not None, HAS_BIAS=dt_bias is not None,
+        DIM=dim, G=1 if B.dim() == 3 else B.shape[2], N=state_size, BD=BLOCK_D, BN=block_size(state_size), HAS_D=D is not None, HAS_BIAS=dt_bias is not None,
         HAS_CHECKPOINTS=bool(checkpoint_offsets),
     )
     return y, checkpoints

@@ -11,7 +11,7 @@ import torch
 class LinearLayerSpec:
     """One recurrent layer's state: conv `[conv_dim, conv_width]` in the model's dtype and, for a GatedDeltaNet or
     KDA layer, recurrent `[num_v_heads, head_k_dim, head_v_dim]` (a Mamba2 mixer: `[num_heads, head_dim,
-    ssm_state_size]`; a Mamba mixer: `[intermediate_size, ssm_state_size]`) in fp32 (what the kernels keep); a short
+    ssm_state_size]`; a Mamba mixer: `[intermediate_size, ssm_state_size]`, Zamba's per head) in fp32 (what the kernels keep); a short
     conv has none."""
 
     conv_shape: tuple[int, int]
@@ -29,7 +29,7 @@ def linear_layer_specs(model) -> dict[int, LinearLayerSpec]:
     """layer index -> spec, for every one-pass mixer `hhc.patch` swapped in (GatedDeltaNets and KDA layers, Mamba2
     and Mamba mixers, short convs)."""
     from ..models.gated_delta_net import PrefixGatedDeltaNet
-    from ..models.jamba import PrefixJambaMambaMixer
+    from ..models.mamba import PrefixMambaMixer
     from ..models.mamba2 import PrefixMamba2Mixer
     from ..models.short_conv import PrefixShortConv
 
@@ -47,11 +47,10 @@ def linear_layer_specs(model) -> dict[int, LinearLayerSpec]:
                 (weight.shape[0], module.conv_kernel_size), (module.num_heads, module.head_dim, module.ssm_state_size),
                 weight.dtype, weight.device,
             )
-        elif isinstance(module, PrefixJambaMambaMixer):
+        elif isinstance(module, PrefixMambaMixer):
             weight = module.conv1d.weight
             specs[module.layer_idx] = LinearLayerSpec(
-                (weight.shape[0], module.conv_kernel_size), (module.intermediate_size, module.ssm_state_size),
-                weight.dtype, weight.device,
+                (weight.shape[0], module.conv_kernel_size), module.state_shape(1)[1:], weight.dtype, weight.device,
             )
         elif isinstance(module, PrefixShortConv):
             weight = module.conv.weight

@@ -55,6 +55,7 @@ ADAPTER_MODULES = {
     "Qwen4ExpTextGatedDeltaNet": "hf_hybrid_cache.models.qwen4_exp",
     "LaraMiniGatedDeltaNet": "hf_hybrid_cache.models.lara_mini",
     "JambaMambaMixer": "hf_hybrid_cache.models.jamba",
+    "ZambaMambaMixer": "hf_hybrid_cache.models.zamba",
     "Lfm2ShortConv": "hf_hybrid_cache.models.lfm2",
     "Lfm2MoeShortConv": "hf_hybrid_cache.models.lfm2",
     "Lfm3ShortConv": "hf_hybrid_cache.models.lfm2",

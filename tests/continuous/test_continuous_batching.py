@@ -17,7 +17,7 @@ from hf_hybrid_cache.tiny import tiny_model
 # Kimi-Linear and Bailing: KDA beside latent attention, which transformers' engine pages from 5.25 on.
 LATENT_ATTENTION = pytest.mark.skipif(not seams.CB_PAGES_LATENT_ATTENTION, reason="5.24's engine does not page MLA")
 ONE_PASS_FAMILIES = ["qwen3_5", "qwen3_5_moe", "qwen3_next", "olmo_hybrid", "qwen3_5_vl", "lfm2", "lfm2_moe", "lfm3",
-                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1", "zamba2", "jamba",
+                     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1", "zamba2", "jamba", "zamba",
                      pytest.param("kimi_linear", marks=LATENT_ATTENTION), pytest.param("bailing_hybrid", marks=LATENT_ATTENTION)]
 
 
@@ -264,7 +264,7 @@ def test_the_cache_is_sized_from_the_byte_budget(qwen3_5):
 
 
 @pytest.mark.parametrize("family, overrides, reason", [
-    ("zamba", {}, "generic path"),
+    ("inkling", {}, "generic path"),
     ("qwen4_exp", {}, "indexed_attention"),
     ("lfm3", dict(layer_types=["conv", "sliding_attention", "full_attention", "conv"], sliding_window=24),
      "full_attention and sliding_attention"),

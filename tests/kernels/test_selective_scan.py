@@ -13,14 +13,15 @@ from hf_hybrid_cache.kernels.scan_cpu import recurrent_selective_scan_cpu, selec
 from hf_hybrid_cache.kernels.scan_triton import recurrent_selective_scan_triton, selective_scan_triton
 
 
-def scan_inputs(batch_size, seq_len, dim, state_size, dtype=torch.float32):
+def scan_inputs(batch_size, seq_len, dim, state_size, dtype=torch.float32, groups=None):
     """x, dt `[B, T, D]`, A `[D, N]` (negative, as Jamba's S4D init: -1 ... -N per channel, times a random
-    scale), B, C `[B, T, N]`, D, dt_bias `[D]`."""
+    scale), B, C `[B, T, N]` (or `[B, T, groups, N]`), D, dt_bias `[D]`."""
     x = torch.randn(batch_size, seq_len, dim, dtype=dtype)
     dt = torch.randn(batch_size, seq_len, dim, dtype=dtype)
     A = -torch.arange(1, state_size + 1).float()[None, :] * torch.rand(dim, 1)
-    B = torch.randn(batch_size, seq_len, state_size, dtype=dtype)
-    C = torch.randn(batch_size, seq_len, state_size, dtype=dtype)
+    group_shape = () if groups is None else (groups,)
+    B = torch.randn(batch_size, seq_len, *group_shape, state_size, dtype=dtype)
+    C = torch.randn(batch_size, seq_len, *group_shape, state_size, dtype=dtype)
     return x, dt, A, B, C, torch.randn(dim), torch.randn(dim)
 
 
@@ -58,6 +59,20 @@ def test_without_skip_and_bias_and_in_bf16(path):
     torch.testing.assert_close(actual[0], expected[0], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(actual[1], expected[1], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(actual[2], expected[2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_channels_read_their_group_of_B_and_C(path):
+    """Zamba's heads: B and C per group of channels; 3 groups of 16 channels span the 32-channel tiles unevenly."""
+    x, dt, A, B, C, D, dt_bias = scan_inputs(2, 21, 48, 12, groups=3)
+    h0 = torch.randn(2, 48, 12)
+    expected = selective_scan_ref(x, dt, A, B, C, D, dt_bias, initial_state=h0, checkpoint_offsets=(4, 21))
+    for a, e in zip(PATHS[path](x, dt, A, B, C, D, dt_bias, initial_state=h0, checkpoint_offsets=(4, 21)), expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+    # One group per channel's tile-mate: the reference's own grouping against an explicit per-group run.
+    first = selective_scan_ref(x[..., :16], dt[..., :16], A[:16], B[:, :, 0], C[:, :, 0], D[:16], dt_bias[:16],
+                               initial_state=h0[:, :16])
+    torch.testing.assert_close(expected[0][..., :16], first[0], rtol=1e-5, atol=1e-6)
 
 
 def test_cpu_time_blocks_change_nothing(monkeypatch):
@@ -125,6 +140,8 @@ def test_bad_arguments_name_the_fix():
         kernels.selective_scan(x, dt, A[:, 0], B, C)
     with pytest.raises(ValueError, match=r"B must have shape \[B, T, N\]"):
         kernels.selective_scan(x, dt, A, B[..., :8], C)
+    with pytest.raises(ValueError, match="must be a multiple of G = 3 groups"):
+        kernels.selective_scan(x, dt, A, B[:, :, None].expand(-1, -1, 3, -1), C[:, :, None].expand(-1, -1, 3, -1))
     with pytest.raises(ValueError, match=r"dt_bias must have shape \[D\]"):
         kernels.selective_scan(x, dt, A, B, C, D, dt_bias[:4])
     with pytest.raises(TypeError, match="state must be float32"):

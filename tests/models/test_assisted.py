@@ -133,7 +133,7 @@ def test_an_interrupt_during_verification_leaves_no_pin_and_no_reserved_snapshot
 
 
 def test_families_without_an_exact_rollback_are_refused_with_the_reason():
-    model = hhc.patch(tiny_model("zamba", seed=0))  # generic path: transformers' own Mamba rollback
+    model = hhc.patch(tiny_model("inkling", seed=0))  # generic path: transformers' own rollback
     with pytest.raises(ValueError, match="generic path.*Run it without a HybridPrefixCache"):
         greedy(model, edit_prompt(0), hhc.HybridPrefixCache(model), prompt_lookup_num_tokens=4)
 

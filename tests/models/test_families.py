@@ -25,7 +25,7 @@ MAX_NEW_TOKENS = 6
 EXPECTED_PATH = {
     **dict.fromkeys(["qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen3_5_vl", "qwen4_exp", "lfm2", "lfm2_moe",
                      "lfm3", "nemotron_h", "granitemoehybrid", "falcon_h1", "bamba", "zamba2", "nemotron_h_omni",
-                     "nemo_speechlm", "kimi_linear", "bailing_hybrid", "glm5_next", "jamba", "lara_mini"], "one-pass"),
+                     "nemo_speechlm", "kimi_linear", "bailing_hybrid", "glm5_next", "jamba", "lara_mini", "zamba"], "one-pass"),
     **dict.fromkeys(["llama", "qwen3", "mistral", "mistral_sliding", "gemma3_text", "gpt_oss"], "attention-only"),
 }
 
