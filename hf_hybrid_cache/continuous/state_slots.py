@@ -11,8 +11,8 @@ import torch
 class LinearLayerSpec:
     """One recurrent layer's state: conv `[conv_dim, conv_width]` in the model's dtype and, for a GatedDeltaNet or
     KDA layer, recurrent `[num_v_heads, head_k_dim, head_v_dim]` (a Mamba2 mixer: `[num_heads, head_dim,
-    ssm_state_size]`; a Mamba mixer: `[intermediate_size, ssm_state_size]`, Zamba's per head) in fp32 (what the kernels keep); a short
-    conv has none."""
+    ssm_state_size]`; a Mamba mixer: `[intermediate_size, ssm_state_size]`, Zamba's per head) in fp32, what the
+    kernels keep; a short conv has none."""
 
     conv_shape: tuple[int, int]
     recurrent_shape: tuple[int, ...] | None

@@ -4,7 +4,7 @@ step, so that a prefill saves every boundary it needs in one pass.
 
 A family adapter (`qwen3_next.py`, `qwen3_5.py`, `olmo_hybrid.py`) subclasses `PrefixGatedDeltaNet` together
 with transformers' own GatedDeltaNet and says only what differs: how the input is projected, how beta is
-made, and how the output is gated and projected back. Kimi-Linear's delta attention (KDA, `kimi_linear.py`) is
+made, and how the output is gated and projected back. KDA (Kimi-Linear, Bailing-Hybrid, GLM-5-Next: `kda.py`) is
 the same layer with a decay per key channel: its adapter also says how the decay is made.
 """
 
