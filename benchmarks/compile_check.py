@@ -57,9 +57,10 @@ SSD_SHAPES = {
     "falcon_h1": (24, 128, 1, 256, "bf16"),
     "ssd_test": (2, 24, 2, 64, "fp32"),  # fp32 and an odd head dim (fp32 from N = 128 on spills: see chunk_config)
 }
-# (channels, state size, dtype) of Mamba (v1) layers: Jamba-v0.1 (hidden 4096, expand 2, d_state 16), and odd test
-# sizes; the conv (width 4, SiLU, bias) is the GDN shapes' own.
-SCAN_SHAPES = {"jamba": (8192, 16, "bf16"), "scan_test": (40, 12, "fp32")}
+# (channels, groups of B and C, state size, dtype) of Mamba (v1) layers: Jamba-v0.1 (hidden 4096, expand 2, d_state
+# 16), Zamba-7B (hidden 3712, expand 2, 16 heads), and odd test sizes; the conv (width 4, SiLU, bias) is the GDN
+# shapes' own.
+SCAN_SHAPES = {"jamba": (8192, 1, 16, "bf16"), "zamba": (7424, 16, 16, "bf16"), "scan_test": (48, 3, 12, "fp32")}
 
 
 @dataclass
@@ -154,7 +155,7 @@ def ssd_specs(num_heads: int, head_dim: int, num_groups: int, state_size: int, d
                dict(BP=min(launch.block_size(head_dim), ssd_triton.BLOCK_P), **dims), num_warps=4, num_stages=3)
 
 
-def scan_specs(dim: int, state_size: int, dtype: str):
+def scan_specs(dim: int, num_groups: int, state_size: int, dtype: str):
     """Mamba's selective scan: with and without an initial state (a prefill with checkpoints; a decode step reads and
     writes its state in place)."""
     data, fp32 = f"*{dtype}", "*fp32"
@@ -163,7 +164,7 @@ def scan_specs(dim: int, state_size: int, dtype: str):
         yield Spec(f"selective_scan{'' if initial_state else ' (no h0)'}", scan_triton.selective_scan_kernel,
                    dict(**tensors, **({"h0": fp32} if initial_state else {}), y=data, ht=fp32, checkpoint_of_token="*i32",
                         h_ckpt=fp32, T="i32", BATCH="i32"),
-                   dict(**({} if initial_state else {"h0": None}), DIM=dim, N=state_size, BD=scan_triton.BLOCK_D,
+                   dict(**({} if initial_state else {"h0": None}), DIM=dim, G=num_groups, N=state_size, BD=scan_triton.BLOCK_D,
                         BN=launch.block_size(state_size), HAS_D=True, HAS_BIAS=True, HAS_INITIAL=initial_state,
                         HAS_CHECKPOINTS=True),
                    num_warps=4, num_stages=3)
